@@ -1,0 +1,493 @@
+package spool
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+
+	"go.etcd.io/bbolt"
+)
+
+// Delivery is one message being written into the store. It is made by
+// [Store.Begin], fed with Write (or ReadFrom), and ended by exactly one of
+// Commit or Abort. A Delivery is not safe for concurrent use.
+//
+// Nothing is visible in any mailbox before Commit returns; a Delivery that
+// is neither committed nor aborted (the process died) is removed by the next
+// Open.
+type Delivery struct {
+	s   *Store
+	ctx context.Context
+	env Envelope
+
+	id      uint64 // message id, 0 until the first flush allocates it
+	nextIdx uint32 // index of the next body chunk to store (from 1)
+	size    int64  // normalised body bytes so far
+	cr      bool   // the last byte written was a CR
+	last2   [2]byte
+
+	cur     *[]byte   // chunk being filled
+	full    []*[]byte // filled chunks not yet flushed
+	flushed chan flushResult
+	err     error // sticky: once set, the delivery is dead
+	done    bool
+}
+
+type flushResult struct {
+	id  uint64
+	err error
+}
+
+// Begin starts a delivery.
+func (s *Store) Begin(ctx context.Context, env Envelope) *Delivery {
+	return &Delivery{s: s, ctx: ctx, env: env, nextIdx: 1}
+}
+
+// Deliver stores body for the given accounts in one step: Begin, ReadFrom,
+// Commit. It returns once the message is durable.
+func (s *Store) Deliver(ctx context.Context, env Envelope, accounts []string, body io.Reader) (MessageID, error) {
+	d := s.Begin(ctx, env)
+	if _, err := d.ReadFrom(body); err != nil {
+		d.Abort()
+		return 0, err
+	}
+	return d.Commit(nil, accounts)
+}
+
+// MessageID identifies a stored message in logs and in the admin tools.
+type MessageID uint64
+
+// String formats the id as it appears in logs and headers.
+func (id MessageID) String() string { return fmt.Sprintf("%016x", uint64(id)) }
+
+// Size returns the normalised size of the body written so far.
+func (d *Delivery) Size() int64 { return d.size }
+
+// Write appends p to the body, normalising line endings to CRLF.
+func (d *Delivery) Write(p []byte) (int, error) {
+	if d.err != nil {
+		return 0, d.err
+	}
+	if d.done {
+		return 0, errors.New("spool: write after commit or abort")
+	}
+	n := len(p)
+	for len(p) > 0 {
+		if d.cr {
+			// A CR was the last byte: it needs its LF.
+			d.cr = false
+			if p[0] == '\n' {
+				d.put([]byte{'\n'})
+				p = p[1:]
+				continue
+			}
+			d.put([]byte{'\n'})
+		}
+		i := bytes.IndexAny(p, "\r\n")
+		if i < 0 {
+			d.put(p)
+			break
+		}
+		d.put(p[:i])
+		if p[i] == '\n' {
+			d.put([]byte{'\r', '\n'})
+		} else {
+			d.put([]byte{'\r'})
+			d.cr = true
+		}
+		p = p[i+1:]
+	}
+	if d.err != nil {
+		return 0, d.err
+	}
+	return n, nil
+}
+
+// ReadFrom copies r into the body until EOF.
+func (d *Delivery) ReadFrom(r io.Reader) (int64, error) {
+	buf := make([]byte, 32<<10)
+	var total int64
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			total += int64(n)
+			if _, werr := d.Write(buf[:n]); werr != nil {
+				return total, werr
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// put appends normalised bytes to the current chunk, flushing full chunks.
+func (d *Delivery) put(p []byte) {
+	if d.err != nil || len(p) == 0 {
+		return
+	}
+	d.size += int64(len(p))
+	if d.size > int64(d.s.opts.MaxMessageSize) {
+		d.fail(ErrTooLarge)
+		return
+	}
+	if len(p) >= 2 {
+		d.last2 = [2]byte{p[len(p)-2], p[len(p)-1]}
+	} else {
+		d.last2 = [2]byte{d.last2[1], p[0]}
+	}
+	cs := d.s.opts.ChunkSize
+	for len(p) > 0 {
+		if d.cur == nil {
+			d.cur = d.s.chunkPool.Get().(*[]byte)
+			*d.cur = (*d.cur)[:0]
+		}
+		n := min(cs-len(*d.cur), len(p))
+		*d.cur = append(*d.cur, p[:n]...)
+		p = p[n:]
+		if len(*d.cur) == cs {
+			d.full = append(d.full, d.cur)
+			d.cur = nil
+			if len(d.full)*cs >= d.s.opts.FlushBytes {
+				d.flush()
+			}
+		}
+	}
+}
+
+func (d *Delivery) fail(err error) {
+	if d.err == nil {
+		d.err = err
+	}
+}
+
+// flush hands the full chunks to the committer in their own transaction. It
+// first waits for the previous flush, so a delivery never has more than two
+// flush units in memory.
+func (d *Delivery) flush() {
+	if err := d.waitFlush(); err != nil {
+		d.fail(err)
+		return
+	}
+	chunks := d.full
+	d.full = nil
+	first := d.nextIdx
+	d.nextIdx += uint32(len(chunks))
+	id := d.id
+	res := make(chan flushResult, 1)
+	d.flushed = res
+	cost := len(chunks) * d.s.opts.ChunkSize
+	go func() {
+		var newID uint64
+		err := d.s.update(d.ctx, cost, func(tx *bbolt.Tx) error {
+			newID = id
+			if newID == 0 {
+				// The first flush allocates the id and marks it pending.
+				seq, err := tx.Bucket(bucketMessages).NextSequence()
+				if err != nil {
+					return err
+				}
+				newID = seq
+				if err := tx.Bucket(bucketPending).Put(u64(newID), u64(uint64(d.s.opts.Now().Unix()))); err != nil {
+					return err
+				}
+			}
+			return putChunks(tx, newID, first, chunks)
+		})
+		for _, c := range chunks {
+			d.s.chunkPool.Put(c)
+		}
+		res <- flushResult{newID, err}
+	}()
+	if d.id == 0 {
+		// Later flushes need the id: wait for the first one now.
+		if err := d.waitFlush(); err != nil {
+			d.fail(err)
+		}
+	}
+}
+
+// waitFlush waits for the flush in flight, if any.
+func (d *Delivery) waitFlush() error {
+	if d.flushed == nil {
+		return nil
+	}
+	r := <-d.flushed
+	d.flushed = nil
+	if r.err != nil {
+		return fmt.Errorf("spool: store message body: %w", r.err)
+	}
+	d.id = r.id
+	return nil
+}
+
+func putChunks(tx *bbolt.Tx, id uint64, first uint32, chunks []*[]byte) error {
+	b := tx.Bucket(bucketChunks)
+	for i, c := range chunks {
+		if err := b.Put(chunkKey(id, first+uint32(i)), *c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Commit stores the message with prefix (header lines to put before the
+// body, each ending in CRLF, or nil) in the mailboxes of the given
+// accounts, atomically: either every account has it or none does. It
+// returns only once the message is durable on disk.
+//
+// It fails with ErrNoSuchAccount if an account does not exist, with
+// ErrQuotaExceeded if one would go over its storage limit, and with
+// ErrStorageFull if the disk is full; in each case nothing is stored.
+func (d *Delivery) Commit(prefix []byte, accounts []string) (MessageID, error) {
+	if d.done {
+		return 0, errors.New("spool: delivery already ended")
+	}
+	if d.cr {
+		d.cr = false
+		d.put([]byte{'\n'})
+	}
+	if d.size > 0 && d.last2 != [2]byte{'\r', '\n'} {
+		d.put([]byte{'\r', '\n'})
+	}
+	if len(prefix) > 0 && !bytes.HasSuffix(prefix, []byte("\r\n")) {
+		prefix = append(append([]byte(nil), prefix...), '\r', '\n')
+	}
+	if d.err == nil && d.size+int64(len(prefix)) > int64(d.s.opts.MaxMessageSize) {
+		d.fail(ErrTooLarge)
+	}
+	if err := d.waitFlush(); err != nil {
+		d.fail(err)
+	}
+	if d.err != nil {
+		d.Abort()
+		return 0, d.err
+	}
+	d.done = true
+
+	rcpts := make([]string, 0, len(accounts))
+	for _, a := range accounts {
+		n, err := NormalizeAddress(a)
+		if err != nil {
+			d.abortStored()
+			return 0, err
+		}
+		rcpts = append(rcpts, n)
+	}
+	sort.Strings(rcpts)
+	rcpts = compactStrings(rcpts)
+	if len(rcpts) == 0 {
+		d.abortStored()
+		return 0, errors.New("spool: commit without recipients")
+	}
+
+	if d.cur != nil && len(*d.cur) > 0 {
+		d.full = append(d.full, d.cur)
+		d.cur = nil
+	}
+	chunks := d.full
+	d.full = nil
+	defer func() {
+		for _, c := range chunks {
+			d.s.chunkPool.Put(c)
+		}
+	}()
+	first := d.nextIdx
+	nChunks := first - 1 + uint32(len(chunks))
+	size := d.size + int64(len(prefix))
+	now := d.s.opts.Now()
+	pending := d.id
+	var id uint64
+	err := d.s.update(d.ctx, len(chunks)*d.s.opts.ChunkSize+len(prefix), func(tx *bbolt.Tx) error {
+		id = pending
+		if id == 0 {
+			seq, err := tx.Bucket(bucketMessages).NextSequence()
+			if err != nil {
+				return err
+			}
+			id = seq
+		}
+		// Check every mailbox before writing anything, so a refusal
+		// leaves the transaction clean for the other work in it.
+		boxes := make([]*bbolt.Bucket, len(rcpts))
+		for i, r := range rcpts {
+			a, err := getAccount(tx, r)
+			if err != nil {
+				return err
+			}
+			mb := tx.Bucket(bucketMailboxes).Bucket([]byte(r))
+			if mb == nil {
+				return fmt.Errorf("spool: account %s has no mailbox", r)
+			}
+			if q := d.s.quota(a); q > 0 && getMailboxStats(mb).Bytes+size > q {
+				return fmt.Errorf("%w: %s", ErrQuotaExceeded, r)
+			}
+			boxes[i] = mb
+		}
+		if err := putChunks(tx, id, first, chunks); err != nil {
+			return err
+		}
+		if len(prefix) > 0 {
+			if err := tx.Bucket(bucketChunks).Put(chunkKey(id, 0), prefix); err != nil {
+				return err
+			}
+		}
+		rec := messageRecord{Envelope: d.env, Arrived: now, Size: size, Chunks: nChunks, Prefix: len(prefix) > 0, Refs: len(boxes)}
+		if err := tx.Bucket(bucketMessages).Put(u64(id), encode(&rec)); err != nil {
+			return err
+		}
+		for _, mb := range boxes {
+			uid, err := mb.NextSequence()
+			if err != nil {
+				return err
+			}
+			e := entryRecord{Message: id, Size: size, Arrived: now}
+			if err := mb.Put(u64(uid), encode(&e)); err != nil {
+				return err
+			}
+			if err := addMailboxStats(mb, 1, size); err != nil {
+				return err
+			}
+		}
+		if err := addStoreStats(tx, 1, size); err != nil {
+			return err
+		}
+		if pending != 0 {
+			return tx.Bucket(bucketPending).Delete(u64(pending))
+		}
+		return nil
+	})
+	if err != nil {
+		d.abortStored()
+		return 0, err
+	}
+	return MessageID(id), nil
+}
+
+// Abort ends a delivery without storing it and removes what it had written.
+// It is safe to call after Commit (it does nothing then).
+func (d *Delivery) Abort() {
+	if d.done {
+		return
+	}
+	d.done = true
+	d.fail(errors.New("spool: delivery aborted"))
+	d.waitFlush()
+	d.abortStored()
+	for _, c := range d.full {
+		d.s.chunkPool.Put(c)
+	}
+	d.full = nil
+	if d.cur != nil {
+		d.s.chunkPool.Put(d.cur)
+		d.cur = nil
+	}
+}
+
+// abortStored removes flushed chunks of a delivery that will not be
+// committed. If that fails, the next Open removes them.
+func (d *Delivery) abortStored() {
+	if d.id == 0 {
+		return
+	}
+	id := d.id
+	d.id = 0
+	if err := d.s.update(context.WithoutCancel(d.ctx), 0, func(tx *bbolt.Tx) error { return dropPending(tx, id) }); err != nil {
+		d.s.log.Warn("could not remove an aborted delivery; it will be removed at the next start", "message", id, "err", err)
+	}
+}
+
+func compactStrings(s []string) []string {
+	out := s[:0]
+	for i, v := range s {
+		if i == 0 || v != s[i-1] {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func getMailboxStats(mb *bbolt.Bucket) mailboxStats {
+	var st mailboxStats
+	if mb == nil {
+		return st
+	}
+	if v := mb.Get(keyStats); v != nil {
+		decode("mailbox stats", v, &st)
+	}
+	return st
+}
+
+func addMailboxStats(mb *bbolt.Bucket, msgs int, bytes int64) error {
+	st := getMailboxStats(mb)
+	st.Messages += msgs
+	st.Bytes += bytes
+	return mb.Put(keyStats, encode(&st))
+}
+
+func getStoreStats(tx *bbolt.Tx) storeStats {
+	var st storeStats
+	if v := tx.Bucket(bucketMeta).Get(keyStats); v != nil {
+		decode("store stats", v, &st)
+	}
+	return st
+}
+
+func addStoreStats(tx *bbolt.Tx, msgs int, bytes int64) error {
+	st := getStoreStats(tx)
+	st.Messages += msgs
+	st.Bytes += bytes
+	return tx.Bucket(bucketMeta).Put(keyStats, encode(&st))
+}
+
+// unref drops one mailbox reference to a message, deleting the message and
+// its body when none is left. It runs inside the caller's transaction.
+func unref(tx *bbolt.Tx, id uint64) error {
+	mb := tx.Bucket(bucketMessages)
+	v := mb.Get(u64(id))
+	if v == nil {
+		return nil
+	}
+	var rec messageRecord
+	if err := decode("message", v, &rec); err != nil {
+		return err
+	}
+	rec.Refs--
+	if rec.Refs > 0 {
+		return mb.Put(u64(id), encode(&rec))
+	}
+	if err := deleteChunks(tx, id); err != nil {
+		return err
+	}
+	if err := addStoreStats(tx, -1, -rec.Size); err != nil {
+		return err
+	}
+	return mb.Delete(u64(id))
+}
+
+// Stats are totals over the whole store.
+type Stats struct {
+	Messages int   // distinct stored messages
+	Bytes    int64 // their total size
+	Accounts int
+	FileSize int64 // size of the spool file
+}
+
+// Stats returns the store's totals.
+func (s *Store) Stats() (Stats, error) {
+	var st Stats
+	err := s.view(func(tx *bbolt.Tx) error {
+		ss := getStoreStats(tx)
+		st.Messages, st.Bytes = ss.Messages, ss.Bytes
+		st.Accounts = tx.Bucket(bucketAccounts).Stats().KeyN
+		st.FileSize = tx.Size()
+		return nil
+	})
+	return st, err
+}

@@ -1,0 +1,424 @@
+package spool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// lockKey names what a POP3 session locks: one device's view of a mailbox.
+type lockKey struct {
+	account string
+	device  uint32
+}
+
+// allDevices in a lockKey locks the whole account (for admin changes).
+const allDevices = ^uint32(0)
+
+func (s *Store) lockDevice(account string, device uint32) bool {
+	s.locksMu.Lock()
+	defer s.locksMu.Unlock()
+	if _, busy := s.locks[lockKey{account, device}]; busy {
+		return false
+	}
+	if _, busy := s.locks[lockKey{account, allDevices}]; busy {
+		return false
+	}
+	s.locks[lockKey{account, device}] = struct{}{}
+	return true
+}
+
+func (s *Store) unlockDevice(account string, device uint32) {
+	s.locksMu.Lock()
+	delete(s.locks, lockKey{account, device})
+	s.locksMu.Unlock()
+}
+
+// lockAccount locks every device of an account; it fails if any is locked.
+func (s *Store) lockAccount(account string) bool {
+	s.locksMu.Lock()
+	defer s.locksMu.Unlock()
+	for k := range s.locks {
+		if k.account == account {
+			return false
+		}
+	}
+	s.locks[lockKey{account, allDevices}] = struct{}{}
+	return true
+}
+
+func (s *Store) unlockAccount(account string) { s.unlockDevice(account, allDevices) }
+
+// Message is one message of a maildrop snapshot.
+type Message struct {
+	// UID numbers the message in its mailbox; it is never reused.
+	UID uint64
+	// UIDL is the unique-id listing POP3 shows (RFC 1939 §7).
+	UIDL string
+	// Size is the exact number of octets RETR sends before dot-stuffing.
+	Size int64
+	// Arrived is when the message was stored.
+	Arrived time.Time
+
+	id uint64
+}
+
+// ID returns the message's store-wide id.
+func (m Message) ID() MessageID { return MessageID(m.id) }
+
+// Maildrop is one POP3 session's hold on a mailbox: an exclusive lock on the
+// logged-in device's view and a snapshot of its messages, numbered and sized
+// for the whole session (RFC 1939 §3). Mail that arrives meanwhile appears
+// in the next maildrop.
+type Maildrop struct {
+	s      *Store
+	login  Login
+	msgs   []Message
+	closed bool
+}
+
+// OpenMaildrop locks the view of the logged-in device and snapshots it. It
+// fails with ErrMaildropLocked when another session holds that view, and
+// records the login time and remoteIP for the device.
+func (s *Store) OpenMaildrop(ctx context.Context, login Login, remoteIP string) (*Maildrop, error) {
+	if !s.lockDevice(login.Account, login.Device) {
+		return nil, fmt.Errorf("%w: %s", ErrMaildropLocked, login.Account)
+	}
+	m := &Maildrop{s: s, login: login}
+	now := s.opts.Now()
+	err := s.update(ctx, 0, func(tx *bbolt.Tx) error {
+		a, err := getAccount(tx, login.Account)
+		if err != nil {
+			return err
+		}
+		if login.Device == 0 {
+			a.LastLogin, a.LastIP = now, remoteIP
+		} else if d := a.device(login.Device); d != nil {
+			d.LastLogin, d.LastIP = now, remoteIP
+		} else {
+			return fmt.Errorf("%w: %s device %d", ErrNoSuchDevice, login.Account, login.Device)
+		}
+		return putAccount(tx, a)
+	})
+	if err == nil {
+		err = s.view(func(tx *bbolt.Tx) error {
+			a, err := getAccount(tx, login.Account)
+			if err != nil {
+				return err
+			}
+			mb := tx.Bucket(bucketMailboxes).Bucket([]byte(login.Account))
+			if mb == nil {
+				return fmt.Errorf("spool: account %s has no mailbox", login.Account)
+			}
+			return mb.ForEach(func(k, v []byte) error {
+				if len(k) != 8 {
+					return nil
+				}
+				var e entryRecord
+				if err := decode("entry", v, &e); err != nil {
+					return err
+				}
+				if a.visible(&e, login.Device) {
+					uid := beUint64(k)
+					m.msgs = append(m.msgs, Message{UID: uid, UIDL: uidl(uid, e.Arrived), Size: e.Size, Arrived: e.Arrived, id: e.Message})
+				}
+				return nil
+			})
+		})
+	}
+	if err != nil {
+		s.unlockDevice(login.Account, login.Device)
+		return nil, err
+	}
+	return m, nil
+}
+
+// Login returns who holds the maildrop.
+func (m *Maildrop) Login() Login { return m.login }
+
+// Messages returns the snapshot, in arrival order. Message n of a POP3
+// session is Messages()[n-1].
+func (m *Maildrop) Messages() []Message { return m.msgs }
+
+// Open streams message i (0-based) of the snapshot. The reader copies a few
+// chunks at a time out of short read transactions.
+func (m *Maildrop) Open(i int) (io.ReadCloser, error) {
+	if m.closed {
+		return nil, ErrClosed
+	}
+	if i < 0 || i >= len(m.msgs) {
+		return nil, ErrNoSuchMessage
+	}
+	return m.s.openMessage(m.msgs[i].id, m.msgs[i].Size)
+}
+
+// Commit removes the messages at the given snapshot indexes (0-based) from
+// the device's view in one transaction (RFC 1939 §6, the UPDATE state),
+// then releases the maildrop. A message leaves the store when no active
+// device still wants it.
+func (m *Maildrop) Commit(ctx context.Context, deleted []int) error {
+	if m.closed {
+		return ErrClosed
+	}
+	defer m.Close()
+	if len(deleted) == 0 {
+		return nil
+	}
+	uids := make([]uint64, 0, len(deleted))
+	for _, i := range deleted {
+		if i < 0 || i >= len(m.msgs) {
+			return fmt.Errorf("%w: index %d", ErrNoSuchMessage, i)
+		}
+		uids = append(uids, m.msgs[i].UID)
+	}
+	login := m.login
+	s := m.s
+	now := s.opts.Now()
+	return s.update(ctx, 0, func(tx *bbolt.Tx) error {
+		a, err := getAccount(tx, login.Account)
+		if err != nil {
+			return err
+		}
+		mb := tx.Bucket(bucketMailboxes).Bucket([]byte(login.Account))
+		if mb == nil {
+			return fmt.Errorf("spool: account %s has no mailbox", login.Account)
+		}
+		for _, uid := range uids {
+			v := mb.Get(u64(uid))
+			if v == nil {
+				continue // already gone (swept, or the account was emptied)
+			}
+			var e entryRecord
+			if err := decode("entry", v, &e); err != nil {
+				return err
+			}
+			if !e.deletedBy(login.Device) {
+				e.DeletedBy = append(e.DeletedBy, login.Device)
+			}
+			if e.FirstDeleted.IsZero() {
+				e.FirstDeleted = now
+			}
+			if err := s.settle(tx, a, mb, uid, &e, now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Close releases the maildrop without deleting anything (a session that
+// ends without QUIT). It may be called more than once.
+func (m *Maildrop) Close() {
+	if m.closed {
+		return
+	}
+	m.closed = true
+	m.s.unlockDevice(m.login.Account, m.login.Device)
+}
+
+// visible reports whether device dev sees entry e.
+func (a *accountRecord) visible(e *entryRecord, dev uint32) bool {
+	if !e.Trashed.IsZero() || e.deletedBy(dev) {
+		return false
+	}
+	if dev == 0 {
+		return true
+	}
+	d := a.device(dev)
+	return d != nil && d.claims(e)
+}
+
+// claims reports whether a device has a claim on a message: it sees it
+// because it existed when the message arrived, or was added with --all.
+func (d *deviceRecord) claims(e *entryRecord) bool {
+	return d.All || !e.Arrived.Before(d.Created)
+}
+
+func (a *accountRecord) device(id uint32) *deviceRecord {
+	for i := range a.Devices {
+		if a.Devices[i].ID == id {
+			return &a.Devices[i]
+		}
+	}
+	return nil
+}
+
+// wantedBy reports whether some active device other than those that
+// deleted e still has a claim on it. The account password (device 0) is
+// active when it logged in within DeviceIdle; a device is active when it
+// was added or logged in within DeviceIdle, so a new device gets the
+// chance to fetch what arrived for it.
+func (s *Store) wantedBy(a *accountRecord, e *entryRecord, now time.Time) bool {
+	idle := s.opts.DeviceIdle.D()
+	if !e.deletedBy(0) && now.Sub(a.LastLogin) < idle {
+		return true
+	}
+	for i := range a.Devices {
+		d := &a.Devices[i]
+		if e.deletedBy(d.ID) || !d.claims(e) {
+			continue
+		}
+		last := d.LastLogin
+		if d.Created.After(last) {
+			last = d.Created
+		}
+		if now.Sub(last) < idle {
+			return true
+		}
+	}
+	return false
+}
+
+// settle decides what becomes of an entry that some device deleted: kept
+// (written back) while an active device still wants it, otherwise moved to
+// the trash when retention is on, or removed. It runs inside the caller's
+// transaction.
+func (s *Store) settle(tx *bbolt.Tx, a *accountRecord, mb *bbolt.Bucket, uid uint64, e *entryRecord, now time.Time) error {
+	if !e.Trashed.IsZero() {
+		return nil
+	}
+	graceOver := !e.FirstDeleted.IsZero() && now.Sub(e.FirstDeleted) >= s.opts.DeviceDeleteGrace.D()
+	if len(e.DeletedBy) == 0 || (!graceOver && s.wantedBy(a, e, now)) {
+		return mb.Put(u64(uid), encode(e))
+	}
+	if s.opts.Retention > 0 {
+		e.Trashed = now
+		return mb.Put(u64(uid), encode(e))
+	}
+	return removeEntry(tx, mb, uid, e)
+}
+
+// removeEntry deletes an entry from its mailbox for good. It runs inside
+// the caller's transaction.
+func removeEntry(tx *bbolt.Tx, mb *bbolt.Bucket, uid uint64, e *entryRecord) error {
+	if err := mb.Delete(u64(uid)); err != nil {
+		return err
+	}
+	if err := addMailboxStats(mb, -1, -e.Size); err != nil {
+		return err
+	}
+	return unref(tx, e.Message)
+}
+
+// messageReader streams one message's chunks.
+type messageReader struct {
+	s      *Store
+	id     uint64
+	next   uint32 // next chunk index to read
+	remain int64  // bytes not yet copied out of the store
+	buf    []byte
+	off    int
+}
+
+// readBatch is how much a reader copies out of one read transaction.
+const readBatch = 256 << 10
+
+func (s *Store) openMessage(id uint64, size int64) (*messageReader, error) {
+	r := &messageReader{s: s, id: id, remain: size}
+	err := s.view(func(tx *bbolt.Tx) error {
+		v := tx.Bucket(bucketMessages).Get(u64(id))
+		if v == nil {
+			return ErrNoSuchMessage
+		}
+		var rec messageRecord
+		if err := decode("message", v, &rec); err != nil {
+			return err
+		}
+		if rec.Size != size {
+			return fmt.Errorf("spool: message %d: stored size %d, expected %d", id, rec.Size, size)
+		}
+		if !rec.Prefix {
+			r.next = 1
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Read implements io.Reader.
+func (r *messageReader) Read(p []byte) (int, error) {
+	if r.off == len(r.buf) {
+		if r.remain == 0 {
+			return 0, io.EOF
+		}
+		if err := r.fill(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, r.buf[r.off:])
+	r.off += n
+	return n, nil
+}
+
+// WriteTo implements io.WriterTo, so io.Copy needs no buffer of its own.
+func (r *messageReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		if r.off == len(r.buf) {
+			if r.remain == 0 {
+				return total, nil
+			}
+			if err := r.fill(); err != nil {
+				return total, err
+			}
+		}
+		n, err := w.Write(r.buf[r.off:])
+		total += int64(n)
+		r.off += n
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// fill copies the next chunks out of one short read transaction.
+func (r *messageReader) fill() error {
+	if r.buf == nil {
+		r.buf = make([]byte, 0, min(int64(readBatch+r.s.opts.ChunkSize), r.remain))
+	}
+	r.buf, r.off = r.buf[:0], 0
+	err := r.s.view(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketChunks).Cursor()
+		for k, v := c.Seek(chunkKey(r.id, r.next)); len(r.buf) < readBatch; k, v = c.Next() {
+			if k == nil || len(k) != 12 || beUint64(k) != r.id || beUint32(k[8:]) != r.next {
+				break
+			}
+			if int64(len(v)) > r.remain {
+				return fmt.Errorf("spool: message %d is longer than its recorded size", r.id)
+			}
+			r.buf = append(r.buf, v...)
+			r.remain -= int64(len(v))
+			r.next++
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(r.buf) == 0 {
+		return fmt.Errorf("%w: message %d ends early (it was removed or is damaged)", ErrNoSuchMessage, r.id)
+	}
+	return nil
+}
+
+// Close implements io.Closer.
+func (r *messageReader) Close() error {
+	r.buf = nil
+	r.remain = 0
+	return nil
+}
+
+func beUint32(b []byte) uint32 {
+	_ = b[3]
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+// ErrNotRetained means retention is off, so there is nothing to restore.
+var ErrNotRetained = errors.New("spool: retention is off; deleted messages are not kept")

@@ -1,0 +1,430 @@
+package spool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/postie/postie/internal/units"
+)
+
+// Errors callers branch on.
+var (
+	// ErrLocked means another process has the spool file open.
+	ErrLocked = errors.New("spool: the data directory is in use by another process (is postie serve running?)")
+	// ErrClosed means the store was closed.
+	ErrClosed = errors.New("spool: store is closed")
+	// ErrStorageFull means the disk, or the configured maximum size of the
+	// spool, is full. Nothing was stored; the sender may retry later.
+	ErrStorageFull = errors.New("spool: storage full")
+	// ErrTooLarge means a message is over Options.MaxMessageSize.
+	ErrTooLarge = errors.New("spool: message too large")
+	// ErrQuotaExceeded means an account's storage limit would be exceeded.
+	ErrQuotaExceeded = errors.New("spool: mailbox over quota")
+	// ErrNoSuchAccount means the account does not exist.
+	ErrNoSuchAccount = errors.New("spool: no such account")
+	// ErrAccountExists means an account with that address already exists.
+	ErrAccountExists = errors.New("spool: account already exists")
+	// ErrAuthFailed means the address or the password is wrong. It does not
+	// say which.
+	ErrAuthFailed = errors.New("spool: authentication failed")
+	// ErrMaildropLocked means a POP3 session already holds the maildrop.
+	ErrMaildropLocked = errors.New("spool: maildrop is in use by another session")
+	// ErrNoSuchMessage means a message is no longer in the store.
+	ErrNoSuchMessage = errors.New("spool: no such message")
+	// ErrNoSuchDevice means the account has no device of that name.
+	ErrNoSuchDevice = errors.New("spool: no such device")
+	// ErrDeviceExists means the account already has a device of that name.
+	ErrDeviceExists = errors.New("spool: device already exists")
+)
+
+// Options configure a Store. The zero value of every field but Path means
+// its default. The fields with TOML tags are the owner's [spool] settings.
+type Options struct {
+	// Path is the bbolt file.
+	Path string `toml:"-"`
+
+	// MaxMessageSize bounds the stored size of one message; a delivery
+	// over it fails with ErrTooLarge. SMTP enforces its own, lower limit
+	// first; this is the last line of defence. Default 1 GiB.
+	MaxMessageSize units.Size `toml:"-"`
+	// MaxSize bounds the size of the spool file; deliveries that would grow
+	// it past this fail with ErrStorageFull, as on a full disk. 0: no limit
+	// but the disk's.
+	MaxSize units.Size `toml:"max_size"`
+	// Quota is the default storage limit of one mailbox; 0 means none. An
+	// account's own quota, when set, takes precedence.
+	Quota units.Size `toml:"quota"`
+	// Retention keeps messages that clients deleted, hidden, for this long,
+	// so the owner can bring them back with "postie restore". 0 removes
+	// them at once.
+	Retention units.Duration `toml:"retention"`
+	// DeviceIdle is how long a device may go without logging in and still
+	// count as active: a message is removed only when every active device
+	// has deleted it. Default 30 days.
+	DeviceIdle units.Duration `toml:"device_idle"`
+	// DeviceDeleteGrace removes a message this long after the first device
+	// deleted it, even if other devices have not. Default 90 days.
+	DeviceDeleteGrace units.Duration `toml:"device_delete_grace"`
+
+	// ChunkSize is the size of one stored body chunk. Default 64 KiB.
+	ChunkSize int `toml:"-"`
+	// FlushBytes is how much body a delivery buffers before writing it in
+	// its own transaction. Default 256 KiB.
+	FlushBytes int `toml:"-"`
+	// MaxBatchBytes bounds the body bytes one group commit carries.
+	// Default 8 MiB.
+	MaxBatchBytes int `toml:"-"`
+	// OpenTimeout is how long Open waits for the file lock. Default 250ms.
+	OpenTimeout time.Duration `toml:"-"`
+	// HashParams are the argon2id parameters of new password hashes.
+	// The zero value means the defaults (see DefaultHashParams).
+	HashParams HashParams `toml:"-"`
+	// Logger receives the store's log lines. Default: discard.
+	Logger *slog.Logger `toml:"-"`
+	// Now returns the current time. Default time.Now; tests set a clock.
+	Now func() time.Time `toml:"-"`
+}
+
+// DefaultOptions returns the owner-facing defaults.
+func DefaultOptions() Options {
+	return Options{
+		DeviceIdle:        units.Duration(30 * 24 * time.Hour),
+		DeviceDeleteGrace: units.Duration(90 * 24 * time.Hour),
+	}
+}
+
+// Validate checks the owner-facing settings.
+func (o Options) Validate() error {
+	var errs []error
+	if o.Retention.D() > 0 && o.Retention.D() < time.Minute {
+		errs = append(errs, fmt.Errorf("spool.retention: %s is too short to be useful; use 0 to turn retention off or at least 1m", o.Retention))
+	}
+	if o.MaxSize != 0 && o.MaxSize < 1<<20 {
+		errs = append(errs, fmt.Errorf("spool.max_size: %s is too small; use 0 for no limit or at least 1MiB", o.MaxSize))
+	}
+	return errors.Join(errs...)
+}
+
+func (o *Options) setDefaults() {
+	if o.MaxMessageSize <= 0 {
+		o.MaxMessageSize = 1 << 30
+	}
+	if o.ChunkSize <= 0 {
+		o.ChunkSize = 64 << 10
+	}
+	if o.FlushBytes < o.ChunkSize {
+		o.FlushBytes = 4 * o.ChunkSize
+	}
+	if o.MaxBatchBytes <= 0 {
+		o.MaxBatchBytes = 8 << 20
+	}
+	if o.OpenTimeout <= 0 {
+		o.OpenTimeout = 250 * time.Millisecond
+	}
+	if o.DeviceIdle <= 0 {
+		o.DeviceIdle = units.Duration(30 * 24 * time.Hour)
+	}
+	if o.DeviceDeleteGrace <= 0 {
+		o.DeviceDeleteGrace = units.Duration(90 * 24 * time.Hour)
+	}
+	if o.HashParams == (HashParams{}) {
+		o.HashParams = DefaultHashParams()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// Store is an open spool file. Its methods are safe for concurrent use.
+type Store struct {
+	db   *bbolt.DB
+	opts Options
+	log  *slog.Logger
+
+	// Writes: every write transaction runs in the committer goroutine.
+	ops       chan *op
+	closeMu   sync.RWMutex // held for reading while submitting, for writing by Close
+	closed    bool
+	committer sync.WaitGroup
+
+	// Maildrop locks held by POP3 sessions in this process.
+	locksMu sync.Mutex
+	locks   map[lockKey]struct{}
+
+	// hashSem bounds concurrent password hashing (argon2id costs memory).
+	hashSem chan struct{}
+	// dummyHash is checked against for unknown accounts, so that an
+	// unknown address costs the same time as a wrong password.
+	dummyHash string
+
+	chunkPool sync.Pool
+}
+
+// Open opens or creates the spool file at opts.Path. It fails at once with
+// ErrLocked when another process has the file open. Deliveries that a crash
+// left unfinished are removed before Open returns.
+func Open(opts Options) (*Store, error) {
+	opts.setDefaults()
+	if opts.Path == "" {
+		return nil, errors.New("spool: no path given")
+	}
+	if err := os.MkdirAll(filepath.Dir(opts.Path), 0o700); err != nil {
+		return nil, fmt.Errorf("spool: create data directory: %w", err)
+	}
+	bo := &bbolt.Options{
+		Timeout:      opts.OpenTimeout,
+		FreelistType: bbolt.FreelistMapType,
+		// Reserve address space so a growing file is remapped rarely;
+		// this costs no memory.
+		InitialMmapSize: 256 << 20,
+		MaxSize:         int(opts.MaxSize),
+	}
+	db, err := bbolt.Open(opts.Path, 0o600, bo)
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, fmt.Errorf("%w: %s", ErrLocked, opts.Path)
+		}
+		return nil, fmt.Errorf("spool: open %s: %w", opts.Path, err)
+	}
+	if db.NoSync || db.NoGrowSync {
+		db.Close()
+		return nil, errors.New("spool: refusing to run with bbolt's unsafe NoSync/NoGrowSync")
+	}
+	s := &Store{
+		db:      db,
+		opts:    opts,
+		log:     opts.Logger,
+		ops:     make(chan *op, 4096),
+		locks:   make(map[lockKey]struct{}),
+		hashSem: make(chan struct{}, max(2, hashConcurrency())),
+	}
+	s.chunkPool.New = func() any { b := make([]byte, 0, opts.ChunkSize); return &b }
+	if err := s.initialize(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.dummyHash, err = hashPassword("postie dummy password for unknown users", opts.HashParams)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.committer.Add(1)
+	go s.runCommitter()
+	return s, nil
+}
+
+// initialize creates the buckets, checks the schema version and removes
+// deliveries a crash left unfinished.
+func (s *Store) initialize() error {
+	var abandoned []uint64
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		for _, name := range [][]byte{bucketMeta, bucketAccounts, bucketMailboxes, bucketMessages, bucketChunks, bucketPending} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("spool: create bucket %s: %w", name, err)
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		switch v := meta.Get(keySchemaVersion); {
+		case v == nil:
+			if err := meta.Put(keySchemaVersion, u64(schemaVersion)); err != nil {
+				return err
+			}
+		case len(v) != 8 || beUint64(v) != schemaVersion:
+			return fmt.Errorf("spool: %s has schema version %x; this postie reads version %d", s.opts.Path, v, schemaVersion)
+		}
+		return tx.Bucket(bucketPending).ForEach(func(k, _ []byte) error {
+			abandoned = append(abandoned, beUint64(k))
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	for _, id := range abandoned {
+		if err := s.db.Update(func(tx *bbolt.Tx) error { return dropPending(tx, id) }); err != nil {
+			return fmt.Errorf("spool: remove unfinished delivery %d: %w", id, err)
+		}
+		s.log.Info("removed unfinished delivery left by an earlier run", "message", id)
+	}
+	return nil
+}
+
+// Close waits for queued writes, stops the committer and closes the file.
+// Maildrops and deliveries still open fail with ErrClosed afterwards.
+func (s *Store) Close() error {
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.ops)
+	s.closeMu.Unlock()
+	s.committer.Wait()
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("spool: close: %w", err)
+	}
+	return nil
+}
+
+// Path returns the spool file's path.
+func (s *Store) Path() string { return s.opts.Path }
+
+// op is one piece of write work for the committer.
+type op struct {
+	fn   func(tx *bbolt.Tx) error
+	cost int        // body bytes it writes, for the batch budget
+	done chan error // receives the outcome once
+}
+
+// update runs fn in a write transaction shared with other concurrent work
+// and returns once that transaction is durable, or with fn's error (and
+// nothing of fn's written). fn may run more than once and must depend only
+// on tx.
+func (s *Store) update(ctx context.Context, cost int, fn func(tx *bbolt.Tx) error) error {
+	o := &op{fn: fn, cost: cost, done: make(chan error, 1)}
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case s.ops <- o:
+	case <-ctx.Done():
+		s.closeMu.RUnlock()
+		return ctx.Err()
+	}
+	s.closeMu.RUnlock()
+	// Once queued, the work is done whatever the caller's context says:
+	// waiting for the outcome keeps the caller's view true.
+	return <-o.done
+}
+
+// runCommitter is the committer goroutine: it gathers queued work into one
+// transaction at a time.
+func (s *Store) runCommitter() {
+	defer s.committer.Done()
+	batch := make([]*op, 0, 256)
+	for first := range s.ops {
+		batch = append(batch[:0], first)
+		cost := first.cost
+	gather:
+		for len(batch) < 1000 && cost < s.opts.MaxBatchBytes {
+			select {
+			case o, ok := <-s.ops:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, o)
+				cost += o.cost
+			default:
+				break gather
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+// errRolledBack marks a transaction the committer rolled back because one
+// op failed.
+var errRolledBack = errors.New("rolled back")
+
+// commit runs a batch in one transaction. An op that fails is taken out
+// with its error and the others run again.
+func (s *Store) commit(batch []*op) {
+	for len(batch) > 0 {
+		failed, ferr := -1, error(nil)
+		err := s.db.Update(func(tx *bbolt.Tx) error {
+			for i, o := range batch {
+				if err := o.fn(tx); err != nil {
+					failed, ferr = i, err
+					return errRolledBack
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			for _, o := range batch {
+				o.done <- nil
+			}
+			return
+		}
+		if failed >= 0 && errors.Is(err, errRolledBack) {
+			batch[failed].done <- ferr
+			batch = append(batch[:failed], batch[failed+1:]...)
+			continue
+		}
+		err = storageError(err)
+		s.log.Error("spool commit failed", "err", err, "ops", len(batch))
+		for _, o := range batch {
+			o.done <- err
+		}
+		return
+	}
+}
+
+// storageError maps a failed commit to ErrStorageFull where the disk or the
+// configured size is full.
+func storageError(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, bolterrors.ErrMaxSizeReached) {
+		return fmt.Errorf("%w: %v", ErrStorageFull, err)
+	}
+	return fmt.Errorf("spool: commit: %w", err)
+}
+
+// view runs fn in a read transaction.
+func (s *Store) view(fn func(tx *bbolt.Tx) error) error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return s.db.View(fn)
+}
+
+func beUint64(b []byte) uint64 {
+	_ = b[7]
+	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
+		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
+}
+
+// dropPending deletes an unfinished delivery's chunks and its pending mark.
+// It runs inside the caller's transaction.
+func dropPending(tx *bbolt.Tx, id uint64) error {
+	if err := deleteChunks(tx, id); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketPending).Delete(u64(id))
+}
+
+// deleteChunks deletes every chunk of message id. It runs inside the
+// caller's transaction and collects the keys first, since deleting under a
+// live cursor can skip keys.
+func deleteChunks(tx *bbolt.Tx, id uint64) error {
+	b := tx.Bucket(bucketChunks)
+	prefix := u64(id)
+	var keys [][]byte
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && len(k) == 12 && beUint64(k) == id; k, _ = c.Next() {
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
