@@ -217,9 +217,9 @@ func verifyTx(tx *bbolt.Tx) []error {
 		}
 		return nil
 	})
-	seen := map[uint64]int64{}    // message id -> chunk bytes
-	next := map[uint64]uint32{}   // message id -> next expected chunk index
-	gapped := map[uint64]bool{}   // message ids with missing chunks
+	seen := map[uint64]int64{}  // message id -> chunk bytes
+	next := map[uint64]uint32{} // message id -> next expected chunk index
+	gapped := map[uint64]bool{} // message ids with missing chunks
 	tx.Bucket(bucketChunks).ForEach(func(k, v []byte) error {
 		if len(k) != 12 {
 			add("chunk key %x has the wrong length", k)

@@ -1,0 +1,53 @@
+// Package resolver builds the one DNS resolver Postie uses for everything it
+// looks up (SPF, DKIM, DMARC, blocklists, "postie check"), so that the
+// config can point all of it at one server: [dns] resolver =
+// "127.0.0.1:5353" is how the tests run against a DNS server on loopback.
+package resolver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// New returns a resolver. With server empty it uses the system's
+// configuration (/etc/resolv.conf); otherwise every query goes to server
+// (host:port, UDP with TCP fallback) through Go's own resolver. timeout
+// bounds each exchange with the server.
+func New(server string, timeout time.Duration) (*net.Resolver, error) {
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	if server == "" {
+		return &net.Resolver{}, nil
+	}
+	if _, _, err := net.SplitHostPort(server); err != nil {
+		return nil, fmt.Errorf("dns resolver %q: want host:port, e.g. 127.0.0.1:53", server)
+	}
+	d := net.Dialer{Timeout: timeout}
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			return d.DialContext(ctx, network, server)
+		},
+	}, nil
+}
+
+// ErrOffline is what the offline resolver's lookups fail with.
+var ErrOffline = errors.New("dns: no network in this mode")
+
+// Offline returns a resolver that fails every lookup at once with a
+// temporary error, for "postie local", where there is no DNS and checks must
+// never make a sender wait.
+func Offline() *net.Resolver {
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: ErrOffline}
+		},
+	}
+}
