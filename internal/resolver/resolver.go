@@ -32,10 +32,42 @@ func New(server string, timeout time.Duration) (*net.Resolver, error) {
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			return d.DialContext(ctx, network, server)
+			c, err := d.DialContext(ctx, network, server)
+			if err != nil {
+				return nil, err
+			}
+			// Go's resolver sets its own deadline from resolv.conf (5s,
+			// two attempts); clamp it so timeout bounds each exchange.
+			if uc, ok := c.(*net.UDPConn); ok {
+				return &clampedUDP{uc, timeout}, nil
+			}
+			return &clampedStream{c, timeout}, nil
 		},
 	}, nil
 }
+
+func clamp(t time.Time, limit time.Duration) time.Time {
+	if lim := time.Now().Add(limit); t.IsZero() || t.After(lim) {
+		return lim
+	}
+	return t
+}
+
+// clampedUDP keeps net.PacketConn, which Go's resolver checks to frame
+// messages for UDP.
+type clampedUDP struct {
+	*net.UDPConn
+	limit time.Duration
+}
+
+func (c *clampedUDP) SetDeadline(t time.Time) error { return c.UDPConn.SetDeadline(clamp(t, c.limit)) }
+
+type clampedStream struct {
+	net.Conn
+	limit time.Duration
+}
+
+func (c *clampedStream) SetDeadline(t time.Time) error { return c.Conn.SetDeadline(clamp(t, c.limit)) }
 
 // ErrOffline is what the offline resolver's lookups fail with.
 var ErrOffline = errors.New("dns: no network in this mode")
