@@ -1,0 +1,145 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/postie/postie/spool"
+)
+
+func openStore(t *testing.T, dir string) (*spool.Store, error) {
+	t.Helper()
+	opts := spool.DefaultOptions()
+	opts.Path = filepath.Join(dir, "spool.db")
+	opts.HashParams = spool.HashParams{Time: 1, Memory: 64, Threads: 1}
+	return spool.Open(opts)
+}
+
+// exercise runs every command through an Admin and checks the results.
+func exercise(t *testing.T, a Admin) {
+	ctx := context.Background()
+	if err := a.AddAccount(ctx, "alice@example.com", "correct horse battery"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.AddAccount(ctx, "alice@example.com", "correct horse battery"); !errors.Is(err, spool.ErrAccountExists) {
+		t.Fatalf("duplicate: %v (want ErrAccountExists to survive the trip)", err)
+	}
+	if err := a.AddAccount(ctx, "bob@example.com", "short"); !errors.Is(err, spool.ErrWeakPassword) {
+		t.Fatalf("weak: %v", err)
+	}
+	if err := a.SetPassword(ctx, "nobody@example.com", "correct horse battery"); !errors.Is(err, spool.ErrNoSuchAccount) {
+		t.Fatalf("passwd unknown: %v", err)
+	}
+	pw, err := a.AddDevice(ctx, "alice@example.com", "phone", false)
+	if err != nil || len(pw) != 23 {
+		t.Fatalf("AddDevice: %q, %v", pw, err)
+	}
+	devs, err := a.Devices(ctx, "alice@example.com")
+	if err != nil || len(devs) != 2 || devs[1].Name != "phone" {
+		t.Fatalf("Devices: %+v, %v", devs, err)
+	}
+	if err := a.DeleteDevice(ctx, "alice@example.com", "tablet"); !errors.Is(err, spool.ErrNoSuchDevice) {
+		t.Fatalf("DeleteDevice unknown: %v", err)
+	}
+	if err := a.DeleteDevice(ctx, "alice@example.com", "phone"); err != nil {
+		t.Fatal(err)
+	}
+	accts, err := a.Accounts(ctx)
+	if err != nil || len(accts) != 1 || accts[0].Address != "alice@example.com" {
+		t.Fatalf("Accounts: %+v, %v", accts, err)
+	}
+	if _, err := a.Restore(ctx, "alice@example.com"); !errors.Is(err, spool.ErrNotRetained) {
+		t.Fatalf("Restore: %v", err)
+	}
+	var mbox bytes.Buffer
+	if _, err := a.Export(ctx, "alice@example.com", &mbox); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Export(ctx, "nobody@example.com", &mbox); !errors.Is(err, spool.ErrNoSuchAccount) {
+		t.Fatalf("Export unknown: %v", err)
+	}
+	var backup bytes.Buffer
+	n, err := a.Backup(ctx, &backup)
+	if err != nil || n == 0 || int64(backup.Len()) != n {
+		t.Fatalf("Backup: %d bytes (%d received), %v", n, backup.Len(), err)
+	}
+	p := filepath.Join(t.TempDir(), "copy.db")
+	os.WriteFile(p, backup.Bytes(), 0o600)
+	if problems, err := spool.VerifyFile(p); err != nil || len(problems) != 0 {
+		t.Fatalf("backup copy: %v, %v", problems, err)
+	}
+	if problems, err := a.Verify(ctx); err != nil || len(problems) != 0 {
+		t.Fatalf("Verify: %v, %v", problems, err)
+	}
+	if err := a.DeleteAccount(ctx, "alice@example.com"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOverTheSocket(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openStore(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	srv, err := Listen(filepath.Join(dir, SocketName), s, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	fi, err := os.Stat(filepath.Join(dir, SocketName))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v, %v", fi.Mode(), err)
+	}
+	// The server holds the file: Connect must use the socket.
+	a, err := Connect(dir, func() (*spool.Store, error) { return openStore(t, dir) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.Remote() {
+		t.Fatal("Connect opened the file although a server runs")
+	}
+	exercise(t, a)
+	// A change made through the socket is live in the server's store at once.
+	if err := a.AddAccount(context.Background(), "carol@example.com", "correct horse battery"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.HasAccount("carol@example.com"); !ok {
+		t.Fatal("account added over the socket is not in the running store")
+	}
+}
+
+func TestWithoutAServer(t *testing.T) {
+	dir := t.TempDir()
+	// A stale socket left by a killed server must not get in the way.
+	os.WriteFile(filepath.Join(dir, SocketName), nil, 0o600)
+	a, err := Connect(dir, func() (*spool.Store, error) { return openStore(t, dir) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if a.Remote() {
+		t.Fatal("Connect claims a server runs")
+	}
+	exercise(t, a)
+}
+
+func TestBadRequests(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openStore(t, dir)
+	defer s.Close()
+	srv, _ := Listen(filepath.Join(dir, SocketName), s, slog.New(slog.DiscardHandler))
+	defer srv.Close()
+	c, _ := Dial(filepath.Join(dir, SocketName))
+	_, err := c.do(context.Background(), request{Op: "format-disk"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "unknown operation") {
+		t.Fatalf("unknown op: %v", err)
+	}
+}

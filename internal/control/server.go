@@ -1,0 +1,180 @@
+package control
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/postie/postie/spool"
+)
+
+// request is one command sent over the socket.
+type request struct {
+	Op       string `json:"op"`
+	Address  string `json:"address,omitempty"`
+	Password string `json:"password,omitempty"`
+	Name     string `json:"name,omitempty"`
+	All      bool   `json:"all,omitempty"`
+}
+
+// reply is the answer line.
+type reply struct {
+	Error    string              `json:"error,omitempty"`
+	Kind     string              `json:"kind,omitempty"`
+	Password string              `json:"password,omitempty"`
+	Count    int64               `json:"count,omitempty"`
+	Accounts []spool.AccountInfo `json:"accounts,omitempty"`
+	Devices  []spool.DeviceInfo  `json:"devices,omitempty"`
+	Problems []string            `json:"problems,omitempty"`
+	Stream   bool                `json:"stream,omitempty"` // raw data follows
+}
+
+// Server answers admin commands on the control socket of a running server.
+type Server struct {
+	store *spool.Store
+	log   *slog.Logger
+	ln    *net.UnixListener
+	path  string
+	wg    sync.WaitGroup
+}
+
+// maxRequest bounds a request line.
+const maxRequest = 64 << 10
+
+// Listen creates the control socket at path (replacing a stale one: the
+// caller holds the spool's lock, so no other server uses it) with mode 0600,
+// and serves it until Close.
+func Listen(path string, store *spool.Store, log *slog.Logger) (*Server, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("control: remove stale socket: %w", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("control: listen: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control: chmod socket: %w", err)
+	}
+	s := &Server{store: store, log: log, ln: ln, path: path}
+	s.wg.Add(1)
+	go s.serve()
+	return s, nil
+}
+
+// Close stops the server, waits for commands in progress and removes the
+// socket.
+func (s *Server) Close() error {
+	err := s.ln.Close()
+	s.wg.Wait()
+	os.Remove(s.path)
+	return err
+}
+
+func (s *Server) serve() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer c.Close()
+			s.handle(c)
+		}()
+	}
+}
+
+func (s *Server) handle(c *net.UnixConn) {
+	ok, err := peerAllowed(c)
+	if err != nil || !ok {
+		s.log.Warn("control: refused a connection from another user", "err", err)
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	line, err := bufio.NewReaderSize(io.LimitReader(c, maxRequest), 4096).ReadBytes('\n')
+	if err != nil {
+		return
+	}
+	var req request
+	if err := json.Unmarshal(line, &req); err != nil {
+		writeReply(c, reply{Error: "control: bad request"})
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	ctx := context.Background()
+	admin := Local(s.store)
+	var r reply
+	switch req.Op {
+	case "backup", "export":
+		if req.Op == "export" {
+			if _, err := s.store.Account(req.Address); err != nil {
+				writeReply(c, reply{Error: err.Error(), Kind: errorKind(err)})
+				return
+			}
+		}
+		// The reply line, then the data. An error after the data started
+		// cannot be reported in-band: the client sees a short stream and
+		// the missing trailer.
+		writeReply(c, reply{Stream: true})
+		bw := bufio.NewWriterSize(c, 64<<10)
+		var err error
+		if req.Op == "backup" {
+			_, err = admin.Backup(ctx, bw)
+		} else {
+			_, err = admin.Export(ctx, req.Address, bw)
+		}
+		if err == nil {
+			err = bw.Flush()
+		}
+		if err != nil {
+			s.log.Error("control: "+req.Op+" failed", "err", err)
+			return
+		}
+		c.CloseWrite()
+		s.log.Info("control: "+req.Op+" done", "address", req.Address)
+		return
+	case "user.add":
+		err = admin.AddAccount(ctx, req.Address, req.Password)
+	case "user.passwd":
+		err = admin.SetPassword(ctx, req.Address, req.Password)
+	case "user.del":
+		err = admin.DeleteAccount(ctx, req.Address)
+	case "user.list":
+		r.Accounts, err = admin.Accounts(ctx)
+	case "device.add":
+		r.Password, err = admin.AddDevice(ctx, req.Address, req.Name, req.All)
+	case "device.list":
+		r.Devices, err = admin.Devices(ctx, req.Address)
+	case "device.del":
+		err = admin.DeleteDevice(ctx, req.Address, req.Name)
+	case "restore":
+		var n int
+		n, err = admin.Restore(ctx, req.Address)
+		r.Count = int64(n)
+	case "verify":
+		r.Problems, err = admin.Verify(ctx)
+	default:
+		err = fmt.Errorf("control: unknown operation %q", req.Op)
+	}
+	if err != nil {
+		r = reply{Error: err.Error(), Kind: errorKind(err)}
+	}
+	s.log.Info("control: "+req.Op, "address", req.Address, "device", req.Name, "ok", err == nil)
+	writeReply(c, r)
+}
+
+func writeReply(w io.Writer, r reply) {
+	b, _ := json.Marshal(r)
+	w.Write(append(b, '\n'))
+}
