@@ -1,0 +1,161 @@
+// Package metrics counts what Postie does, for Prometheus: messages
+// accepted and refused (by reason), SPF/DKIM/DMARC verdicts, POP3 logins
+// and failures, bytes in and out, the spool's size, the certificate's
+// expiry, and the fetch watchdog's view of each mailbox. It uses its own
+// registry (no global state); the optional listener serves /metrics and
+// /healthz on loopback.
+//
+// Every recording method is safe on a nil *Metrics, so the servers call
+// them unconditionally and metrics can stay off.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics holds Postie's collectors.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	smtpConns    *prometheus.CounterVec
+	smtpMessages *prometheus.CounterVec
+	smtpVerdicts *prometheus.CounterVec
+	smtpBytes    prometheus.Counter
+	pop3Logins   *prometheus.CounterVec
+	pop3Messages *prometheus.CounterVec
+	pop3Bytes    prometheus.Counter
+}
+
+// New makes the collectors and registers them, with the Go runtime's and
+// the process's own, on a fresh registry.
+func New() *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	m.smtpConns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postie_smtp_connections_total", Help: "SMTP connections, by result (accepted, refused: over a connection limit or on a blocklist).",
+	}, []string{"result"})
+	m.smtpMessages = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postie_smtp_messages_total", Help: "SMTP messages (or recipients refused at RCPT), by result and reason.",
+	}, []string{"result", "reason"})
+	m.smtpVerdicts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postie_smtp_verdicts_total", Help: "Authentication verdicts of received messages, by check (spf, dkim, dmarc) and result.",
+	}, []string{"check", "result"})
+	m.smtpBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "postie_smtp_received_bytes_total", Help: "Bytes of accepted messages, as stored.",
+	})
+	m.pop3Logins = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postie_pop3_logins_total", Help: "POP3 logins, by result (ok, failed, in_use).",
+	}, []string{"result"})
+	m.pop3Messages = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postie_pop3_messages_total", Help: "Messages retrieved (RETR) and deleted (DELE, applied at QUIT) over POP3.",
+	}, []string{"op"})
+	m.pop3Bytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "postie_pop3_sent_bytes_total", Help: "Message bytes sent by RETR and TOP.",
+	})
+	m.reg.MustRegister(m.smtpConns, m.smtpMessages, m.smtpVerdicts, m.smtpBytes, m.pop3Logins, m.pop3Messages, m.pop3Bytes,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// SMTPConnection counts a connection: result is "accepted" or "refused".
+func (m *Metrics) SMTPConnection(result string) {
+	if m != nil {
+		m.smtpConns.WithLabelValues(result).Inc()
+	}
+}
+
+// SMTPAccepted counts an accepted message of size bytes.
+func (m *Metrics) SMTPAccepted(size int64) {
+	if m != nil {
+		m.smtpMessages.WithLabelValues("accepted", "").Inc()
+		m.smtpBytes.Add(float64(size))
+	}
+}
+
+// SMTPRefused counts a refusal, with a short reason ("unknown_user",
+// "relay", "size", "dmarc", "spf", "dns_temperror", "storage", "quota",
+// "recipients", "timeout", "protocol", ...).
+func (m *Metrics) SMTPRefused(reason string) {
+	if m != nil {
+		m.smtpMessages.WithLabelValues("refused", reason).Inc()
+	}
+}
+
+// Verdict counts one check's result ("pass", "fail", "temperror", ...).
+func (m *Metrics) Verdict(check, result string) {
+	if m != nil {
+		m.smtpVerdicts.WithLabelValues(check, result).Inc()
+	}
+}
+
+// POP3Login counts a login attempt: result is "ok", "failed" or "in_use".
+func (m *Metrics) POP3Login(result string) {
+	if m != nil {
+		m.pop3Logins.WithLabelValues(result).Inc()
+	}
+}
+
+// POP3Session counts what a session did.
+func (m *Metrics) POP3Session(retrieved, deleted int, bytes int64) {
+	if m != nil {
+		m.pop3Messages.WithLabelValues("retrieved").Add(float64(retrieved))
+		m.pop3Messages.WithLabelValues("deleted").Add(float64(deleted))
+		m.pop3Bytes.Add(float64(bytes))
+	}
+}
+
+// Register adds a collector (the spool's, the certificate's).
+func (m *Metrics) Register(c prometheus.Collector) error {
+	if m == nil {
+		return nil
+	}
+	return m.reg.Register(c)
+}
+
+// Handler serves /metrics and /healthz. healthy, if not nil, is asked by
+// /healthz; an error makes it answer 503 with the error's text.
+func (m *Metrics) Handler(healthy func() error) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorLog: nil}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if healthy != nil {
+			if err := healthy(); err != nil {
+				http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// Serve serves Handler on l until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, l net.Listener, healthy func() error, log *slog.Logger) error {
+	srv := &http.Server{
+		Handler:           m.Handler(healthy),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	err := srv.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,149 @@
+package metrics
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postie/postie/spool"
+)
+
+func scrape(t *testing.T, h http.Handler) string {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func openStore(t *testing.T) *spool.Store {
+	opts := spool.DefaultOptions()
+	opts.Path = filepath.Join(t.TempDir(), "spool.db")
+	opts.HashParams = spool.HashParams{Time: 1, Memory: 64, Threads: 1}
+	opts.Quota = 100
+	s, err := spool.Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestScrape(t *testing.T) {
+	m := New()
+	s := openStore(t)
+	ctx := context.Background()
+	s.AddAccount(ctx, "alice@example.com", "correct horse battery")
+	s.Deliver(ctx, spool.Envelope{}, []string{"alice@example.com"}, strings.NewReader("hello there\r\n"))
+	if err := m.Register(NewSpoolCollector(s, time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	leaf := &x509.Certificate{NotAfter: time.Unix(1900000000, 0)}
+	m.Register(NewCertCollector(func() (*x509.Certificate, bool) { return leaf, true }))
+	m.SMTPConnection("accepted")
+	m.SMTPAccepted(13)
+	m.SMTPRefused("unknown_user")
+	m.SMTPRefused("unknown_user")
+	m.Verdict("spf", "pass")
+	m.POP3Login("failed")
+	m.POP3Session(1, 1, 13)
+	out := scrape(t, m.Handler(nil))
+	for _, want := range []string{
+		`postie_smtp_messages_total{reason="",result="accepted"} 1`,
+		`postie_smtp_messages_total{reason="unknown_user",result="refused"} 2`,
+		`postie_smtp_verdicts_total{check="spf",result="pass"} 1`,
+		`postie_smtp_received_bytes_total 13`,
+		`postie_pop3_logins_total{result="failed"} 1`,
+		`postie_pop3_messages_total{op="deleted"} 1`,
+		`postie_pop3_sent_bytes_total 13`,
+		`postie_spool_messages 1`,
+		`postie_spool_message_bytes 13`,
+		`postie_accounts 1`,
+		`postie_mailbox_bytes{account="alice@example.com"} 13`,
+		`postie_mailbox_quota_bytes{account="alice@example.com"} 100`,
+		`postie_mailbox_last_login_timestamp_seconds{account="alice@example.com"} 0`,
+		`postie_mailbox_fetch_overdue{account="alice@example.com"} 0`,
+		`postie_tls_certificate_expiry_timestamp_seconds 1.9e+09`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("scrape lacks %s", want)
+		}
+	}
+}
+
+func TestNilMetricsIsSafe(t *testing.T) {
+	var m *Metrics
+	m.SMTPAccepted(1)
+	m.SMTPRefused("x")
+	m.Verdict("a", "b")
+	m.POP3Login("ok")
+	m.POP3Session(1, 2, 3)
+	m.SMTPConnection("accepted")
+	if err := m.Register(nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestHealthz(t *testing.T) {
+	m := New()
+	var failing error
+	srv := httptest.NewServer(m.Handler(func() error { return failing }))
+	defer srv.Close()
+	get := func() int {
+		resp, err := http.Get(srv.URL + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if get() != 200 {
+		t.Fatal("healthy server not 200")
+	}
+	failing = io.ErrClosedPipe
+	if get() != 503 {
+		t.Fatal("unhealthy server not 503")
+	}
+}
+
+func TestWatchdog(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	s.AddAccount(ctx, "alice@example.com", "correct horse battery")
+	s.AddAccount(ctx, "bob@example.com", "correct horse battery")
+	s.Deliver(ctx, spool.Envelope{}, []string{"alice@example.com"}, strings.NewReader(strings.Repeat("x", 90)))
+	var logs bytes.Buffer
+	w := NewWatchdog(s, 24*time.Hour, 0.8, slog.New(slog.NewTextHandler(&logs, nil)))
+	now := time.Now()
+	// Fresh: alice is near her quota (90 of 100) but not overdue.
+	got, _ := w.Check(now)
+	if len(got) != 1 || got[0] != "alice@example.com" || !strings.Contains(logs.String(), "state=near_quota") {
+		t.Fatalf("first check: %v\n%s", got, logs.String())
+	}
+	// Two days later without a fetch: overdue too; bob has no mail, so he is fine.
+	logs.Reset()
+	got, _ = w.Check(now.Add(48 * time.Hour))
+	if len(got) != 1 || !strings.Contains(logs.String(), `state="overdue near_quota"`) {
+		t.Fatalf("later check: %v\n%s", got, logs.String())
+	}
+	// No change: no new log line.
+	logs.Reset()
+	w.Check(now.Add(49 * time.Hour))
+	if logs.Len() != 0 {
+		t.Fatalf("repeated a warning: %s", logs.String())
+	}
+}
