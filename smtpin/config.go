@@ -1,0 +1,193 @@
+package smtpin
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/postie/postie/internal/units"
+)
+
+// Config is the owner's [smtp] table of postie.toml, plus the fields main
+// copies in from the top level (those tagged toml:"-"). Every limit has a
+// key and a default; DefaultConfig sets them all.
+type Config struct {
+	// Listen lists the addresses to accept SMTP connections on.
+	Listen []string `toml:"listen"`
+
+	// MaxMessageSize bounds a message as the client sends it; it is
+	// announced in EHLO (SIZE, RFC 1870), checked against MAIL FROM's
+	// SIZE= and enforced while reading (552 5.3.4).
+	MaxMessageSize units.Size `toml:"max_message_size"`
+	// MaxHeaderSize bounds the header section of a message, the part read
+	// into memory for the checks (552 5.3.4 when over).
+	MaxHeaderSize units.Size `toml:"max_header_size"`
+	// MaxRecipients bounds the recipients of one message (452 4.5.3 for
+	// the next one; RFC 5321 §4.5.3.1.8 asks for at least 100).
+	MaxRecipients int `toml:"max_recipients"`
+	// MaxLineLength bounds a command line or a line of message text; a
+	// longer one ends the session. RFC 5321 §4.5.3.1 sets 1000 octets as
+	// the minimum to accept; mail in the wild has longer lines.
+	MaxLineLength units.Size `toml:"max_line_length"`
+	// MaxConnections and MaxConnectionsPerIP bound concurrent connections
+	// in total and per client address (an IPv6 client counts by its /64);
+	// connections over a limit get 421 4.7.0.
+	MaxConnections      int `toml:"max_connections"`
+	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
+	// MaxCommands bounds the commands of one session.
+	MaxCommands int `toml:"max_commands"`
+	// MaxErrors bounds the commands of one session that this server
+	// refuses (a refused recipient, a bad sender); the session ends with
+	// 421 4.7.0 after that many.
+	MaxErrors int `toml:"max_errors"`
+	// MaxUnknownRecipients bounds the recipients of one session that name
+	// no mailbox here. Each one also makes the next unknown recipient from
+	// that client address wait longer: UnknownRecipientDelay, doubling up
+	// to UnknownRecipientDelayMax.
+	MaxUnknownRecipients     int            `toml:"max_unknown_recipients"`
+	UnknownRecipientDelay    units.Duration `toml:"unknown_recipient_delay"`
+	UnknownRecipientDelayMax units.Duration `toml:"unknown_recipient_delay_max"`
+
+	// SessionTimeout bounds a whole session, from connect to close.
+	SessionTimeout units.Duration `toml:"session_timeout"`
+	// ReadTimeout bounds the wait for each command, and any pause while a
+	// message is sent.
+	ReadTimeout units.Duration `toml:"read_timeout"`
+	// WriteTimeout bounds the sending of each reply.
+	WriteTimeout units.Duration `toml:"write_timeout"`
+	// DataTimeout bounds the transfer of one message (DATA to the final
+	// dot), and MinDataRate (bytes per second) is the slowest a message
+	// may come in on average after the first ReadTimeout.
+	DataTimeout units.Duration `toml:"data_timeout"`
+	MinDataRate units.Size     `toml:"min_data_rate"`
+
+	// Checks is the [smtp.checks] table: what SPF, DKIM and DMARC
+	// verdicts do to a message.
+	Checks ChecksConfig `toml:"checks"`
+
+	// Hostname is announced in the greeting and EHLO, and is the
+	// authserv-id of Authentication-Results.
+	Hostname string `toml:"-"`
+	// Domains are the mail domains mail is accepted for.
+	Domains []string `toml:"-"`
+	// Aliases maps an address to the accounts that receive its mail; the
+	// key "@domain" is that domain's catch-all.
+	Aliases map[string][]string `toml:"-"`
+	// PlusSeparator lists the characters that start a subaddress:
+	// with "+", alice+news@ is delivered to alice@. Empty: none.
+	PlusSeparator string `toml:"-"`
+}
+
+// ChecksConfig is the [smtp.checks] table.
+type ChecksConfig struct {
+	// DMARCReject refuses (550 5.7.1) a message that fails DMARC for a
+	// domain whose policy is p=reject.
+	DMARCReject bool `toml:"dmarc_reject"`
+	// SPFFailReject refuses (550 5.7.1) a message whose SPF result is fail
+	// (the sender's domain says "-all") unless a DKIM signature aligned
+	// with the From domain verified.
+	SPFFailReject bool `toml:"spf_fail_reject"`
+	// TempErrorDefer answers 451 4.4.3 when a check could not finish for
+	// a temporary DNS reason; by default such a message is accepted and
+	// its verdict recorded as temperror.
+	TempErrorDefer bool `toml:"temperror_defer"`
+	// Timeout bounds the checks of one message, and so how long a sender
+	// waits for them after its final dot.
+	Timeout units.Duration `toml:"timeout"`
+	// MaxDKIMSignatures bounds the signatures verified per message; the
+	// others are recorded as permerror.
+	MaxDKIMSignatures int `toml:"max_dkim_signatures"`
+}
+
+// DefaultConfig returns the defaults of every key.
+func DefaultConfig() Config {
+	return Config{
+		Listen:                   []string{":25"},
+		MaxMessageSize:           50 << 20,
+		MaxHeaderSize:            256 << 10,
+		MaxRecipients:            100,
+		MaxLineLength:            16 << 10,
+		MaxConnections:           200,
+		MaxConnectionsPerIP:      20,
+		MaxCommands:              1000,
+		MaxErrors:                20,
+		MaxUnknownRecipients:     10,
+		UnknownRecipientDelay:    units.Duration(time.Second),
+		UnknownRecipientDelayMax: units.Duration(15 * time.Second),
+		SessionTimeout:           units.Duration(time.Hour),
+		ReadTimeout:              units.Duration(5 * time.Minute),
+		WriteTimeout:             units.Duration(time.Minute),
+		DataTimeout:              units.Duration(30 * time.Minute),
+		MinDataRate:              500,
+		Checks: ChecksConfig{
+			DMARCReject:       true,
+			Timeout:           units.Duration(20 * time.Second),
+			MaxDKIMSignatures: 5,
+		},
+		PlusSeparator: "+",
+	}
+}
+
+// Validate checks the owner's keys and returns every problem, each naming
+// its key.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("smtp.%s: "+format, append([]any{key}, args...)...))
+	}
+	if len(c.Listen) == 0 {
+		add("listen", "no addresses: give at least one, e.g. [\":25\"]")
+	}
+	for _, a := range c.Listen {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			add("listen", "%q: want host:port, e.g. \":25\" or \"192.0.2.1:25\"", a)
+		}
+	}
+	atLeast := func(key string, v, min int64, unit string) {
+		if v < min {
+			add(key, "%d is too small: at least %d%s", v, min, unit)
+		}
+	}
+	atLeast("max_message_size", c.MaxMessageSize.Bytes(), 64<<10, " bytes (64KiB)")
+	atLeast("max_header_size", c.MaxHeaderSize.Bytes(), 16<<10, " bytes (16KiB)")
+	if c.MaxHeaderSize > c.MaxMessageSize {
+		add("max_header_size", "%s is more than max_message_size (%s)", c.MaxHeaderSize, c.MaxMessageSize)
+	}
+	// RFC 5321 §4.5.3.1.8: at least 100 recipients must be accepted.
+	atLeast("max_recipients", int64(c.MaxRecipients), 100, " (RFC 5321 §4.5.3.1.8)")
+	// RFC 5321 §4.5.3.1.6: text lines of 1000 octets with the CRLF.
+	atLeast("max_line_length", c.MaxLineLength.Bytes(), 1000, " bytes (RFC 5321 §4.5.3.1.6)")
+	if c.MaxLineLength > 1<<20 {
+		add("max_line_length", "%s is too large: at most 1MiB", c.MaxLineLength)
+	}
+	atLeast("max_connections", int64(c.MaxConnections), 1, "")
+	atLeast("max_connections_per_ip", int64(c.MaxConnectionsPerIP), 1, "")
+	if c.MaxConnectionsPerIP > c.MaxConnections && c.MaxConnections > 0 {
+		add("max_connections_per_ip", "%d is more than max_connections (%d)", c.MaxConnectionsPerIP, c.MaxConnections)
+	}
+	atLeast("max_commands", int64(c.MaxCommands), 10, "")
+	atLeast("max_errors", int64(c.MaxErrors), 1, "")
+	atLeast("max_unknown_recipients", int64(c.MaxUnknownRecipients), 1, "")
+	positive := func(key string, d units.Duration) {
+		if d <= 0 {
+			add(key, "must be more than 0, e.g. \"30s\"")
+		}
+	}
+	positive("session_timeout", c.SessionTimeout)
+	positive("read_timeout", c.ReadTimeout)
+	positive("write_timeout", c.WriteTimeout)
+	positive("data_timeout", c.DataTimeout)
+	positive("checks.timeout", c.Checks.Timeout)
+	if c.UnknownRecipientDelayMax < c.UnknownRecipientDelay {
+		add("unknown_recipient_delay_max", "%s is less than unknown_recipient_delay (%s)", c.UnknownRecipientDelayMax, c.UnknownRecipientDelay)
+	}
+	if c.ReadTimeout > c.SessionTimeout && c.SessionTimeout > 0 {
+		add("read_timeout", "%s is longer than session_timeout (%s)", c.ReadTimeout, c.SessionTimeout)
+	}
+	atLeast("min_data_rate", c.MinDataRate.Bytes(), 1, " bytes per second")
+	if n := c.Checks.MaxDKIMSignatures; n < 1 || n > 50 {
+		add("checks.max_dkim_signatures", "%d: want 1 to 50", n)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,281 @@
+package smtpin
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// conn wraps every accepted connection before go-smtp sees it, and keeps
+// the limits go-smtp leaves to its users (RELIABILITY.md §2.3): the time of
+// the whole session, a minimum data rate during DATA, the number of
+// commands, and a clean "421 ... closing connection" when one of them is
+// reached. After STARTTLS go-smtp's *tls.Conn sits on top of it, so it
+// still sees every read, write and deadline, encrypted.
+//
+// Two facts about go-smtp (v0.25) it relies on, both covered by tests:
+// go-smtp sets a read deadline once before reading each command line (its
+// readLine, with ReadTimeout set), which is how commands are counted and
+// the session deadline applied; and its reply to an accepted STARTTLS is
+// "220 2.0.0 Ready to start TLS".
+type conn struct {
+	net.Conn // the accepted connection; closing it releases its connlimit slot
+
+	id         uint64
+	log        *slog.Logger
+	gen        *generation // the configuration the connection was accepted under
+	sessionEnd time.Time
+	onClose    func(*conn)
+	closeOnce  sync.Once
+
+	// Counters of the session's refusals, touched by the session (and by
+	// a BDAT transfer's goroutine).
+	errors  atomic.Int32
+	unknown atomic.Int32
+
+	mu             sync.Mutex
+	commands       int             // command lines go-smtp has started to read
+	waitingCommand bool            // waiting for a command that has not started to arrive
+	dataMode       bool            // inside DATA: reads get the data-rate deadline
+	dataBudget     time.Duration   // how long the next DATA read may wait
+	dataEnd        time.Time       // DataTimeout after DATA began
+	readCause      *smtp.SMTPError // the reply if the current read deadline passes
+	top            net.Conn        // where replies go: c, the *tls.Conn after STARTTLS, nil when not known
+	tlsPending     bool            // STARTTLS was accepted: every later write is a TLS record
+	draining       bool            // the server is shutting down: end at the next command
+	forced         bool            // the server's shutdown grace is over: end now
+	ended          bool
+	endReason      string
+}
+
+func newConn(raw net.Conn, g *generation, id uint64, log *slog.Logger, onClose func(*conn)) *conn {
+	c := &conn{
+		Conn:       raw,
+		id:         id,
+		log:        log,
+		gen:        g,
+		sessionEnd: time.Now().Add(g.cfg.SessionTimeout.D()),
+		onClose:    onClose,
+		readCause:  endIdle,
+	}
+	c.top = c
+	return c
+}
+
+// starttlsReady is how go-smtp accepts STARTTLS (conn.go handleStartTLS).
+var starttlsReady = []byte("220 2.0.0 Ready to start TLS")
+
+// connOf finds the conn under a go-smtp connection, also after STARTTLS.
+func connOf(sc *smtp.Conn) *conn {
+	nc := sc.Conn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	c, _ := nc.(*conn)
+	return c
+}
+
+// SetReadDeadline is called by go-smtp before it reads each command line
+// (directly, or through tls.Conn). It counts the command, ends the session
+// when a limit is reached or the server is shutting down, and caps the
+// deadline at the end of the session.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.dataMode = false
+	if c.ended {
+		c.mu.Unlock()
+		return net.ErrClosed
+	}
+	c.commands++
+	var why *smtp.SMTPError
+	reason := ""
+	switch {
+	case c.draining || c.forced:
+		why, reason = errShuttingDown, "shutdown"
+	case c.commands > c.gen.cfg.MaxCommands:
+		why, reason = endCommands, "too many commands"
+	}
+	if why != nil {
+		c.mu.Unlock()
+		c.end(why, reason)
+		return net.ErrClosed
+	}
+	c.readCause = endIdle
+	if t.IsZero() || t.After(c.sessionEnd) {
+		t, c.readCause = c.sessionEnd, endSession
+	}
+	c.waitingCommand = true
+	err := c.Conn.SetReadDeadline(t)
+	c.mu.Unlock()
+	return err
+}
+
+// beginData switches reads to the DATA deadlines: each read may wait at
+// most the data budget, which starts at ReadTimeout, shrinks by the time
+// spent waiting and grows by 1/MinDataRate seconds per byte received, never
+// beyond ReadTimeout (the Postfix smtpd_min_data_rate rule); and the whole
+// transfer ends DataTimeout after DATA. It lasts until the next command.
+func (c *conn) beginData() {
+	c.mu.Lock()
+	c.dataMode = true
+	c.waitingCommand = false
+	c.dataBudget = c.gen.cfg.ReadTimeout.D()
+	c.dataEnd = time.Now().Add(c.gen.cfg.DataTimeout.D())
+	c.mu.Unlock()
+}
+
+// Read reads from the connection under the deadlines of the session. When
+// a deadline passes, it ends the session with the reply for that limit and
+// returns net.ErrClosed, so that go-smtp neither answers with its own
+// text nor reads a half-sent message as commands (go-smtp issue #196).
+func (c *conn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.ended {
+		c.mu.Unlock()
+		return 0, net.ErrClosed
+	}
+	if c.forced {
+		c.mu.Unlock()
+		c.end(errShuttingDown, "shutdown")
+		return 0, net.ErrClosed
+	}
+	data := c.dataMode
+	var start time.Time
+	if data {
+		start = time.Now()
+		dl, cause := start.Add(c.dataBudget), endDataSlow
+		if c.dataEnd.Before(dl) {
+			dl = c.dataEnd
+		}
+		if c.sessionEnd.Before(dl) {
+			dl, cause = c.sessionEnd, endSession
+		}
+		c.readCause = cause
+		c.Conn.SetReadDeadline(dl)
+	}
+	c.mu.Unlock()
+
+	n, err := c.Conn.Read(p)
+
+	c.mu.Lock()
+	if n > 0 {
+		c.waitingCommand = false
+	}
+	if data {
+		cfg := &c.gen.cfg
+		b := c.dataBudget - time.Since(start) + time.Duration(n)*time.Second/time.Duration(cfg.MinDataRate)
+		c.dataBudget = min(b, cfg.ReadTimeout.D())
+	}
+	cause := c.readCause
+	if c.draining || c.forced {
+		cause = errShuttingDown
+	}
+	c.mu.Unlock()
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		c.end(cause, cause.Message)
+		return n, net.ErrClosed
+	}
+	return n, err
+}
+
+// Write writes to the connection. It notices go-smtp accepting STARTTLS,
+// after which the replies go through a *tls.Conn this conn does not know
+// until the next session; and it ends the session when go-smtp, after a
+// failed TLS handshake, would carry on in plaintext (it answers 550 and
+// goes on reading commands; a peer that asked for TLS and did not get it
+// is not talked to in the clear).
+func (c *conn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.tlsPending && len(p) > 0 && p[0] >= '0' && p[0] <= '9' {
+		// A TLS record starts with its content type (20 to 24), never
+		// with a digit: this is a plaintext reply after the handshake
+		// failed.
+		c.mu.Unlock()
+		c.end(nil, "TLS handshake failed")
+		return 0, net.ErrClosed
+	}
+	if !c.tlsPending && bytes.HasPrefix(p, starttlsReady) {
+		c.tlsPending, c.top = true, nil
+	}
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// Close closes the connection; go-smtp calls it when the session is over.
+func (c *conn) Close() error {
+	c.mu.Lock()
+	c.ended = true
+	c.mu.Unlock()
+	err := c.Conn.Close()
+	c.closeOnce.Do(func() { c.onClose(c) })
+	return err
+}
+
+// setTop records where replies go for the current go-smtp session.
+func (c *conn) setTop(t net.Conn) {
+	c.mu.Lock()
+	c.top = t
+	c.mu.Unlock()
+}
+
+// end closes the connection after sending why (if not nil, and if the
+// connection is still known to be writable) as the last reply. It may be
+// called from any goroutine and more than once; the first call wins.
+func (c *conn) end(why *smtp.SMTPError, reason string) {
+	c.mu.Lock()
+	if c.ended {
+		c.mu.Unlock()
+		return
+	}
+	c.ended = true
+	c.endReason = reason
+	top := c.top
+	c.mu.Unlock()
+	if why != nil && top != nil {
+		c.Conn.SetWriteDeadline(time.Now().Add(c.gen.cfg.WriteTimeout.D()))
+		line := closing(c.gen.cfg.Hostname, why)
+		if top == net.Conn(c) {
+			io.WriteString(c.Conn, line)
+		} else {
+			io.WriteString(top, line)
+		}
+	}
+	c.Conn.Close()
+}
+
+// isEnded reports whether end has run, and why.
+func (c *conn) isEnded() (bool, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ended && c.endReason != "", c.endReason
+}
+
+// drain asks the session to end at its next command. A session that is
+// waiting for a command ends now, with its read deadline moved to now.
+func (c *conn) drain() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.draining = true
+	if c.waitingCommand && !c.dataMode && !c.ended {
+		c.Conn.SetReadDeadline(time.Now())
+	}
+}
+
+// force ends the session at its next read, whatever it is doing.
+func (c *conn) force() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.forced = true
+	if !c.ended {
+		c.Conn.SetReadDeadline(time.Now())
+	}
+}

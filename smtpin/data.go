@@ -1,0 +1,222 @@
+package smtpin
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postie/postie/smtpin/authcheck"
+	"github.com/postie/postie/spool"
+)
+
+// maxAuthorDomains bounds the DMARC lookups of one message: a From field
+// with more distinct domains than this is not a real author list.
+const maxAuthorDomains = 10
+
+// errClient marks failures the client caused (it went away, it was too
+// slow), as opposed to faults of ours.
+var errClient = errors.New("client failure")
+
+// result is what became of one message.
+type result struct {
+	reply *smtp.SMTPError // nil: stored, 250
+	err   error           // the cause of a refusal, for the log
+	id    spool.MessageID
+	size  int64 // bytes received
+	spf   authcheck.SPF
+	dkim  []authcheck.DKIM
+	dmarc []authcheck.DMARC
+}
+
+// receive reads one message from r and stores it, or refuses it. The
+// message streams through: its header section is read into a bounded
+// buffer (the checks need it whole), then header and body go into the
+// spool delivery and, when the message is signed, into the DKIM verifier,
+// one buffer at a time. The spool delivery is committed, with the trace
+// fields prepended, only after the checks allow it; the sender gets 250
+// only once that commit is durable.
+func (s *session) receive(t *transaction, r io.Reader) (res *result) {
+	res = &result{spf: authcheck.SPF{Result: authcheck.None}}
+	cfg := &s.g.cfg
+	counted := &countingReader{r: r}
+	defer func() { res.size = counted.n }()
+
+	br := s.s.readers.Get().(*bufio.Reader)
+	br.Reset(counted)
+	defer func() { br.Reset(nil); s.s.readers.Put(br) }()
+	hbuf := s.s.headers.Get().(*[]byte)
+	defer func() {
+		if cap(*hbuf) <= 64<<10 {
+			s.s.headers.Put(hbuf)
+		}
+	}()
+
+	hdr, rest, err := readHeader(br, int(cfg.MaxHeaderSize.Bytes()), *hbuf)
+	*hbuf = hdr[:0]
+	if err != nil {
+		if errors.Is(err, errHeaderTooLarge) {
+			res.reply, res.err = errHeaderSize, err
+			return res
+		}
+		res.reply, res.err = s.readFailure(err)
+		return res
+	}
+	fields := parseFields(hdr)
+
+	// Start the checks that need only the header: DMARC policy lookups
+	// and DKIM key lookups run while the body streams in.
+	checkCtx, cancel := context.WithTimeout(t.ctx, cfg.Checks.Timeout.D())
+	defer cancel()
+	var froms, sigs []string
+	for _, f := range fields {
+		switch name := f.name(hdr); {
+		case bytes.EqualFold(name, []byte("From")):
+			froms = append(froms, f.value(hdr))
+		case bytes.EqualFold(name, []byte("DKIM-Signature")):
+			sigs = append(sigs, f.value(hdr))
+		}
+	}
+	authors := authcheck.AuthorDomains(froms)
+	tooManyAuthors := len(authors) > maxAuthorDomains
+	if tooManyAuthors {
+		authors = authors[:maxAuthorDomains]
+	}
+	records := make([]chan authcheck.Record, len(authors))
+	for i, d := range authors {
+		records[i] = make(chan authcheck.Record, 1)
+		go func() { records[i] <- authcheck.LookupDMARC(checkCtx, s.s.resolver, d) }()
+	}
+	var verifier *authcheck.DKIMVerifier
+	if len(sigs) > 0 {
+		verifier = authcheck.NewDKIMVerifier(checkCtx, s.s.resolver, sigs, cfg.Checks.MaxDKIMSignatures)
+		defer verifier.Abort()
+		verifier.Write(hdr)
+		verifier.Write(rest)
+	}
+
+	d := s.s.store.Begin(s.s.ctx, spool.Envelope{MailFrom: t.from, RcptTo: t.rcpts, Helo: t.helo, RemoteAddr: remoteIP(s.c.Conn)})
+	defer d.Abort() // does nothing after Commit
+	if err := s.writeHeader(d, hdr, fields); err != nil {
+		res.reply, res.err = storageReply(err), err
+		return res
+	}
+	if _, err := d.Write(rest); err != nil {
+		res.reply, res.err = storageReply(err), err
+		return res
+	}
+	bufp := s.s.copyBuf.Get().(*[]byte)
+	defer s.s.copyBuf.Put(bufp)
+	buf := *bufp
+	for {
+		n, err := br.Read(buf)
+		if n > 0 {
+			if _, werr := d.Write(buf[:n]); werr != nil {
+				res.reply, res.err = storageReply(werr), werr
+				return res
+			}
+			if verifier != nil {
+				verifier.Write(buf[:n])
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			res.reply, res.err = s.readFailure(err)
+			return res
+		}
+	}
+
+	// The final dot: gather the verdicts. Every check has the same
+	// deadline, so the sender waits at most Checks.Timeout for them.
+	if verifier != nil {
+		res.dkim = verifier.Close()
+	}
+	select {
+	case res.spf = <-t.spf:
+	case <-checkCtx.Done():
+		res.spf = authcheck.SPF{Result: authcheck.TempError, Err: checkCtx.Err()}
+	}
+	for _, ch := range records {
+		res.dmarc = append(res.dmarc, authcheck.EvaluateDMARC(<-ch, res.spf, res.dkim))
+	}
+	if e, why := s.decide(res, tooManyAuthors); e != nil {
+		res.reply, res.err = e, errors.New(why)
+		return res
+	}
+
+	id, err := d.Commit(s.trace(t, res), t.accounts)
+	if err != nil {
+		res.reply, res.err = storageReply(err), err
+		return res
+	}
+	res.id = id
+	return res
+}
+
+// writeHeader writes the header section to the delivery without the
+// Authentication-Results fields that claim to be ours (RFC 8601 §5): only
+// this server may speak for its authserv-id.
+func (s *session) writeHeader(d *spool.Delivery, hdr []byte, fields []field) error {
+	from := 0
+	for _, f := range fields {
+		if !bytes.EqualFold(f.name(hdr), []byte("Authentication-Results")) {
+			continue
+		}
+		id := authservID(f.value(hdr))
+		if !equalFoldDomain(id, s.g.cfg.Hostname) {
+			continue
+		}
+		s.c.log.Info("removed an Authentication-Results field claiming this server's authserv-id", "authserv_id", id)
+		if _, err := d.Write(hdr[from:f.start]); err != nil {
+			return err
+		}
+		from = f.end
+	}
+	_, err := d.Write(hdr[from:])
+	return err
+}
+
+func equalFoldDomain(a, b string) bool {
+	return authcheck.NormalizeDomain(a) != "" && authcheck.NormalizeDomain(a) == authcheck.NormalizeDomain(b)
+}
+
+// readFailure maps an error reading the message to the reply and the
+// cause to log.
+func (s *session) readFailure(err error) (*smtp.SMTPError, error) {
+	switch {
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		return errTooLarge, fmt.Errorf("%w: over %s", errClient, s.g.cfg.MaxMessageSize)
+	case errors.Is(err, smtp.ErrTooLongLine):
+		// go-smtp ends the session after this reply (its line limit stays
+		// exceeded), so end it here with this reply as the last.
+		e := lineTooLong(int(s.g.cfg.MaxLineLength.Bytes()))
+		s.c.end(e, "line too long")
+		return e, fmt.Errorf("%w: line longer than %s", errClient, s.g.cfg.MaxLineLength)
+	case errors.Is(err, net.ErrClosed):
+		if ended, why := s.c.isEnded(); ended {
+			return errShuttingDown, fmt.Errorf("%w: %s", errClient, why)
+		}
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, smtp.ErrDataReset):
+		return errLocal, fmt.Errorf("%w: transfer aborted: %v", errClient, err)
+	}
+	return errLocal, fmt.Errorf("%w: read message: %v", errClient, err)
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,467 @@
+package smtpin
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postie/postie/internal/connlimit"
+	"github.com/postie/postie/internal/penalty"
+	"github.com/postie/postie/smtpin/authcheck"
+	"github.com/postie/postie/spool"
+)
+
+// Resolver is what the checks need from DNS. *net.Resolver satisfies it,
+// and it matches blitiri.com.ar/go/spf's DNSResolver.
+type Resolver interface {
+	LookupTXT(ctx context.Context, name string) ([]string, error)
+	LookupMX(ctx context.Context, name string) ([]*net.MX, error)
+	LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error)
+	LookupAddr(ctx context.Context, addr string) ([]string, error)
+}
+
+// Deps are the parts main hands the server.
+type Deps struct {
+	// Store is the spool mail is delivered into.
+	Store *spool.Store
+	// Resolver does every DNS lookup of the checks: the configured
+	// resolver, a test's DNS server, or resolver.Offline() in local mode.
+	Resolver Resolver
+	// TLS is the configuration STARTTLS uses; nil means no STARTTLS.
+	TLS *tls.Config
+	// TLSReady reports whether a certificate is available. While it is
+	// false, sessions are not offered STARTTLS (mail is still accepted).
+	// nil means ready whenever TLS is set.
+	TLSReady func() bool
+	// Logger receives the server's log lines; nil discards them.
+	Logger *slog.Logger
+	// Sample decides whether a DMARC policy with pct=n applies to a
+	// message (RFC 7489 §6.6.4); nil means at random, n times in 100.
+	Sample func(pct int) bool
+}
+
+// Server is the inbound MX: it accepts connections, runs SMTP sessions on
+// go-smtp, checks and stores the mail. Make it with New.
+type Server struct {
+	store    *spool.Store
+	resolver Resolver
+	tls      *tls.Config
+	tlsReady func() bool
+	log      *slog.Logger
+	sample   func(int) bool
+
+	// ctx is the parent of every check and delivery; it is cancelled when
+	// Shutdown's grace is over.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// incoming gathers the connections of every listener, so that the
+	// connection limits are for the whole server.
+	incoming *chanListener
+	limited  *connlimit.Listener
+
+	nextID  atomic.Uint64
+	copyBuf sync.Pool // *[]byte of copyBufSize
+	readers sync.Pool // *bufio.Reader of copyBufSize
+	headers sync.Pool // *[]byte header buffers
+
+	mu        sync.Mutex
+	gen       *generation   // the configuration new connections get
+	gens      []*generation // every generation that may still have sessions
+	penalty   *penalty.Table
+	listeners []net.Listener
+	conns     map[*conn]struct{}
+	closing   bool
+	connWG    sync.WaitGroup
+	dispatch  sync.WaitGroup
+}
+
+// copyBufSize is the unit the message body is copied in.
+const copyBufSize = 32 << 10
+
+// forceGrace is how long Shutdown waits, after ending the sessions still
+// running when its context is done, for their goroutines to finish.
+const forceGrace = 2 * time.Second
+
+// generation is one configuration and the go-smtp servers that run the
+// sessions accepted under it. Reload starts a new generation; sessions
+// keep the one they started with.
+type generation struct {
+	cfg     Config
+	router  *router
+	plain   *smtp.Server // no STARTTLS
+	secure  *smtp.Server // offers STARTTLS
+	plainL  *chanListener
+	secureL *chanListener
+}
+
+// New makes a server. It does not listen: call Serve with each listener.
+func New(cfg Config, deps Deps) (*Server, error) {
+	if deps.Store == nil || deps.Resolver == nil {
+		return nil, errors.New("smtp: a store and a resolver are required")
+	}
+	if err := checkConfig(&cfg); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		store:    deps.Store,
+		resolver: deps.Resolver,
+		tls:      deps.TLS,
+		tlsReady: deps.TLSReady,
+		log:      deps.Logger,
+		sample:   deps.Sample,
+		conns:    map[*conn]struct{}{},
+		incoming: newChanListener(fanInAddr{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.sample == nil {
+		s.sample = func(pct int) bool { return rand.IntN(100) < pct }
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.copyBuf.New = func() any { b := make([]byte, copyBufSize); return &b }
+	s.readers.New = func() any { return bufio.NewReaderSize(nil, copyBufSize) }
+	s.headers.New = func() any { b := make([]byte, 0, 16<<10); return &b }
+	g, err := s.newGeneration(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.gen, s.gens = g, []*generation{g}
+	s.penalty = newPenalty(cfg)
+	s.limited = connlimit.New(s.incoming, cfg.MaxConnections, cfg.MaxConnectionsPerIP, s.reject)
+	s.dispatch.Add(1)
+	go s.dispatchLoop()
+	return s, nil
+}
+
+// checkConfig validates cfg, including the fields main fills in.
+func checkConfig(cfg *Config) error {
+	err := cfg.Validate()
+	if cfg.Hostname == "" {
+		err = errors.Join(err, errors.New("smtp: no hostname"))
+	}
+	if len(cfg.Domains) == 0 {
+		err = errors.Join(err, errors.New("smtp: no domains to accept mail for"))
+	}
+	return err
+}
+
+func newPenalty(cfg Config) *penalty.Table {
+	return penalty.New(penalty.Config{Base: cfg.UnknownRecipientDelay.D(), Max: cfg.UnknownRecipientDelayMax.D()})
+}
+
+func (s *Server) newGeneration(cfg Config) (*generation, error) {
+	r, err := newRouter(cfg)
+	if err != nil {
+		return nil, err
+	}
+	g := &generation{cfg: cfg, router: r, plainL: newChanListener(fanInAddr{}), secureL: newChanListener(fanInAddr{})}
+	be := &backend{s: s, g: g}
+	g.plain = s.newSMTPServer(cfg, be, nil)
+	g.secure = s.newSMTPServer(cfg, be, s.tls)
+	go g.plain.Serve(g.plainL)
+	go g.secure.Serve(g.secureL)
+	return g, nil
+}
+
+// newSMTPServer sets every limit of go-smtp, whose defaults are off
+// (RELIABILITY.md §2.3). ReadTimeout must not be 0: conn counts commands
+// by the deadline go-smtp sets before each one.
+func (s *Server) newSMTPServer(cfg Config, be smtp.Backend, tc *tls.Config) *smtp.Server {
+	srv := smtp.NewServer(be)
+	srv.Domain = cfg.Hostname
+	srv.TLSConfig = tc
+	srv.MaxMessageBytes = cfg.MaxMessageSize.Bytes()
+	srv.MaxRecipients = cfg.MaxRecipients
+	srv.MaxLineLength = int(cfg.MaxLineLength.Bytes())
+	srv.ReadTimeout = cfg.ReadTimeout.D()
+	srv.WriteTimeout = cfg.WriteTimeout.D()
+	srv.EnableSMTPUTF8 = true
+	srv.ErrorLog = libraryLog{s.log}
+	return srv
+}
+
+// Serve accepts connections on l until Shutdown (or until l fails). Main
+// may call it for several listeners; the connection limits are shared.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.isClosing() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of file descriptors, or a passing fault: wait and
+				// go on, as net/http does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("smtp: accept on %s: %w", l.Addr(), err)
+		}
+		delay = 0
+		if !s.incoming.push(c) {
+			c.Close()
+			return nil
+		}
+	}
+}
+
+// dispatchLoop takes connections within the limits and hands each to a
+// session.
+func (s *Server) dispatchLoop() {
+	defer s.dispatch.Done()
+	for {
+		c, err := s.limited.Accept()
+		if err != nil {
+			return
+		}
+		s.handoff(c)
+	}
+}
+
+// reject answers a connection over a limit (connlimit runs it in its own
+// goroutine) and logs it with the client address, for fail2ban.
+func (s *Server) reject(c net.Conn, perClient bool) {
+	cfg := s.current().cfg
+	c.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout.D()))
+	limit := "max_connections"
+	text := "Too many connections, please try again later"
+	if perClient {
+		limit = "max_connections_per_ip"
+		text = "Too many connections from your address, please try again later"
+	}
+	io.WriteString(c, closing(cfg.Hostname, reply(421, 4, 7, 0, text)))
+	s.log.Info("connection refused", "remote", remoteIP(c), "limit", limit)
+}
+
+// handoff wraps an accepted connection and gives it to the go-smtp server
+// of the current generation that offers STARTTLS when a certificate is
+// ready, or to the one that does not.
+func (s *Server) handoff(raw net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		raw.Close()
+		return
+	}
+	g := s.gen
+	id := s.nextID.Add(1)
+	c := newConn(raw, g, id, s.log.With("conn", id, "remote", remoteIP(raw)), s.closed)
+	s.conns[c] = struct{}{}
+	s.connWG.Add(1)
+	l := g.plainL
+	if s.offerTLS() {
+		l = g.secureL
+	}
+	c.log.Debug("connection accepted", "starttls", l == g.secureL)
+	if !l.push(c) {
+		c.Close()
+	}
+}
+
+// offerTLS reports whether new sessions are offered STARTTLS.
+func (s *Server) offerTLS() bool {
+	if s.tls == nil {
+		return false
+	}
+	return s.tlsReady == nil || s.tlsReady()
+}
+
+// closed forgets a connection that go-smtp has closed.
+func (s *Server) closed(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	if ended, why := c.isEnded(); ended {
+		c.log.Info("session ended by the server", "reason", why)
+	}
+	c.log.Debug("connection closed")
+	s.connWG.Done()
+}
+
+func (s *Server) current() *generation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// Shutdown stops accepting connections and lets the sessions in flight
+// finish: a session waiting for a command ends at once, the others at
+// their next command, each with "421 4.3.2". When ctx is done first, the
+// remaining sessions are ended as they are (a message not yet stored is
+// not stored; the sender retries) and Shutdown returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closing = true
+	listeners := slices.Clone(s.listeners)
+	gens := slices.Clone(s.gens)
+	conns := s.snapshot()
+	s.mu.Unlock()
+
+	for _, l := range listeners {
+		l.Close()
+	}
+	s.incoming.Close()
+	s.dispatch.Wait()
+	for _, g := range gens {
+		g.plainL.Close()
+		g.secureL.Close()
+	}
+	for _, c := range conns {
+		c.drain()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.connWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+	}
+	s.cancel()
+	s.mu.Lock()
+	conns = s.snapshot()
+	s.mu.Unlock()
+	s.log.Warn("shutdown: ending sessions still in flight", "sessions", len(conns))
+	for _, c := range conns {
+		c.force()
+	}
+	select {
+	case <-done:
+	case <-time.After(forceGrace):
+	}
+	return ctx.Err()
+}
+
+// snapshot lists the open connections. Callers hold s.mu.
+func (s *Server) snapshot() []*conn {
+	out := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// Reload applies cfg to sessions that start from now on: domains, aliases,
+// the separator, limits, timeouts and the check policy. Sessions in
+// flight keep the configuration they started with. The listen addresses
+// and the connection limits need a restart; Reload logs them if they
+// changed.
+func (s *Server) Reload(cfg Config) error {
+	if err := checkConfig(&cfg); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return errors.New("smtp: reload during shutdown")
+	}
+	old := s.gen
+	s.mu.Unlock()
+	g, err := s.newGeneration(cfg)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.gen = g
+	s.gens = append(slices.DeleteFunc(s.gens, func(x *generation) bool { return x == old }), g)
+	if old.cfg.UnknownRecipientDelay != cfg.UnknownRecipientDelay || old.cfg.UnknownRecipientDelayMax != cfg.UnknownRecipientDelayMax {
+		s.penalty = newPenalty(cfg)
+	}
+	s.mu.Unlock()
+	// The old generation takes no new connections; its sessions go on.
+	old.plainL.Close()
+	old.secureL.Close()
+
+	var restart []string
+	if !slices.Equal(old.cfg.Listen, cfg.Listen) {
+		restart = append(restart, "smtp.listen")
+	}
+	if old.cfg.MaxConnections != cfg.MaxConnections {
+		restart = append(restart, "smtp.max_connections")
+	}
+	if old.cfg.MaxConnectionsPerIP != cfg.MaxConnectionsPerIP {
+		restart = append(restart, "smtp.max_connections_per_ip")
+	}
+	if len(restart) > 0 {
+		s.log.Warn("smtp reloaded; these changes need a restart", "keys", strings.Join(restart, ", "))
+	} else {
+		s.log.Info("smtp reloaded", "domains", cfg.Domains)
+	}
+	return nil
+}
+
+func (s *Server) penaltyTable() *penalty.Table {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.penalty
+}
+
+// remoteIP returns the IP address of a connection's peer.
+func remoteIP(c net.Conn) string {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	host, _, err := net.SplitHostPort(c.RemoteAddr().String())
+	if err != nil {
+		return c.RemoteAddr().String()
+	}
+	return host
+}
+
+// libraryLog passes go-smtp's error log to slog: panics it recovered from
+// at Error, the rest (connections that failed) at Debug.
+type libraryLog struct{ log *slog.Logger }
+
+func (l libraryLog) Printf(format string, v ...any) { l.print(fmt.Sprintf(format, v...)) }
+func (l libraryLog) Println(v ...any)               { l.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
+func (l libraryLog) print(msg string) {
+	if strings.HasPrefix(msg, "panic") {
+		l.log.Error("smtp session panicked", "detail", msg)
+		return
+	}
+	l.log.Debug("smtp library", "detail", msg)
+}
+
+// checkResolver makes sure the Resolver satisfies what authcheck needs.
+var _ authcheck.Resolver = Resolver(nil)
