@@ -1,0 +1,364 @@
+package pop3out
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/postie/postie/internal/connlimit"
+	"github.com/postie/postie/internal/metrics"
+	"github.com/postie/postie/internal/penalty"
+	"github.com/postie/postie/spool"
+)
+
+// Deps are what the server uses but does not own.
+type Deps struct {
+	// Store is the spool the maildrops come from.
+	Store *spool.Store
+	// TLS serves STLS and the implicit-TLS port. nil: no TLS at all, so
+	// only clients in plaintext_login_networks can log in.
+	TLS *tls.Config
+	// TLSReady reports whether a certificate is there yet. nil: ready
+	// whenever TLS is set. While it is false, STLS and logins that need TLS
+	// get "-ERR [SYS/TEMP]" with the reason, and TLS handshakes fail.
+	TLSReady func() bool
+	// Logger receives the server's log lines. nil: discard.
+	Logger *slog.Logger
+	// Metrics counts logins and transfers. nil: none.
+	Metrics *metrics.Metrics
+	// Now returns the current time, for LOGIN-DELAY and the penalty
+	// table. nil: time.Now.
+	Now func() time.Time
+}
+
+// Server is a POP3 server. Serve and ServeTLS may run on any number of
+// listeners at once.
+type Server struct {
+	deps     Deps
+	log      *slog.Logger
+	tls      *tls.Config // deps.TLS with the POP3 ALPN; nil without TLS
+	notReady *tls.Config // fails every handshake: no certificate yet
+	penalty  *penalty.Table
+
+	settings atomic.Pointer[settings]
+
+	// ctx ends when Shutdown gives up on sessions in flight.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	closing   bool
+	wg        sync.WaitGroup // one per session
+	nextID    atomic.Uint64
+
+	loginsMu   sync.Mutex
+	lastLogins map[spool.Login]time.Time // for LOGIN-DELAY
+}
+
+// settings are a Config digested for sessions. A session keeps the
+// settings it started with; Reload affects sessions that start later.
+type settings struct {
+	cfg       Config
+	plainNets []netip.Prefix
+	expire    string // CAPA line, or ""
+}
+
+func newSettings(cfg Config) (*settings, error) {
+	if errs := cfg.check(); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	st := &settings{cfg: cfg}
+	for _, n := range cfg.PlaintextLoginNetworks {
+		p, _ := parseNetwork(n) // checked above
+		st.plainNets = append(st.plainNets, p)
+	}
+	st.expire, _ = expireCapability(cfg.Expire)
+	return st, nil
+}
+
+// plaintextAllowed reports whether ip may log in without TLS.
+func (st *settings) plaintextAllowed(ip netip.Addr) bool {
+	for _, p := range st.plainNets {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// alpnPOP3 is the ALPN protocol id of POP3 (IANA "pop3", RFC 7301
+// registry). With NextProtos set, Go refuses clients that offer only other
+// protocols, which stops cross-protocol attacks such as ALPACA.
+const alpnPOP3 = "pop3"
+
+// New makes a server. It checks what it needs to run (cfg.Validate also
+// enforces the owner-facing minimums; main calls it first).
+func New(cfg Config, deps Deps) (*Server, error) {
+	if deps.Store == nil {
+		return nil, errors.New("pop3: no spool store")
+	}
+	st, err := newSettings(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	s := &Server{
+		deps:       deps,
+		log:        deps.Logger,
+		listeners:  map[net.Listener]struct{}{},
+		sessions:   map[*session]struct{}{},
+		lastLogins: map[spool.Login]time.Time{},
+		penalty: penalty.New(penalty.Config{
+			Base:   cfg.FailedLoginDelay.D(),
+			Max:    cfg.FailedLoginDelayMax.D(),
+			Forget: cfg.FailedLoginForget.D(),
+			Now:    deps.Now,
+		}),
+	}
+	s.settings.Store(st)
+	if deps.TLS != nil {
+		s.tls = deps.TLS.Clone()
+		s.tls.NextProtos = []string{alpnPOP3}
+		if s.tls.MinVersion < tls.VersionTLS12 {
+			s.tls.MinVersion = tls.VersionTLS12
+		}
+		s.notReady = &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				return nil, errNoCertificate
+			},
+		}
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+var errNoCertificate = errors.New("pop3: no TLS certificate yet")
+
+// tlsReady reports whether TLS can be offered now.
+func (s *Server) tlsReady() bool {
+	if s.tls == nil {
+		return false
+	}
+	return s.deps.TLSReady == nil || s.deps.TLSReady()
+}
+
+// Serve accepts plaintext connections on l, which offer STLS, until l is
+// closed or Shutdown is called. It returns net.ErrClosed after Shutdown.
+func (s *Server) Serve(l net.Listener) error { return s.serve(l, false) }
+
+// ServeTLS accepts connections on l that speak TLS from the first byte
+// (RFC 8314), until l is closed or Shutdown is called.
+func (s *Server) ServeTLS(l net.Listener) error {
+	if s.tls == nil {
+		return errors.New("pop3: ServeTLS without a TLS config")
+	}
+	return s.serve(l, true)
+}
+
+func (s *Server) serve(l net.Listener, implicitTLS bool) error {
+	st := s.settings.Load()
+	var reject connlimit.Rejecter
+	if !implicitTLS {
+		reject = func(c net.Conn, perClient bool) {
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			c.Write([]byte("-ERR [SYS/TEMP] too many connections, try again later\r\n"))
+			s.log.Warn("pop3 connection refused: too many connections", "ip", remoteIP(c.RemoteAddr()).String(), "per_client", perClient)
+		}
+	} else {
+		reject = func(c net.Conn, perClient bool) {
+			s.log.Warn("pop3 connection refused: too many connections", "ip", remoteIP(c.RemoteAddr()).String(), "per_client", perClient, "tls", true)
+		}
+	}
+	ll := connlimit.New(l, st.cfg.MaxConnections, st.cfg.MaxConnectionsPerIP, reject)
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
+		return net.ErrClosed
+	}
+	s.listeners[ll] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ll)
+		s.mu.Unlock()
+	}()
+
+	var tempDelay time.Duration
+	for {
+		c, err := ll.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return net.ErrClosed
+			}
+			if isTemporaryAccept(err) {
+				// A transient failure (out of file descriptors): back off, as
+				// net/http does, rather than spin or give up.
+				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
+				s.log.Error("pop3 accept failed; retrying", "err", err, "delay", tempDelay)
+				time.Sleep(tempDelay)
+				continue
+			}
+			return fmt.Errorf("pop3: accept: %w", err)
+		}
+		tempDelay = 0
+		if !s.startSession(c, implicitTLS) {
+			c.Close()
+		}
+	}
+}
+
+// isTemporaryAccept reports whether an accept error is worth retrying:
+// out of file descriptors, or a connection aborted before it was accepted.
+func isTemporaryAccept(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() ||
+		errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS)
+}
+
+// startSession registers and starts a session unless the server is
+// shutting down.
+func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
+	sess := newSession(s, c, implicitTLS)
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return false
+	}
+	s.sessions[sess] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			s.mu.Lock()
+			delete(s.sessions, sess)
+			s.mu.Unlock()
+		}()
+		sess.run()
+	}()
+	return true
+}
+
+// shuttingDown reports whether Shutdown has been called.
+func (s *Server) shuttingDown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// Shutdown stops accepting connections and ends sessions that have not
+// logged in. Sessions in the TRANSACTION state may go on, and QUIT, until
+// ctx ends; then their connections are closed without applying any
+// deletions (RFC 1939 §6: no UPDATE without QUIT). Shutdown returns when
+// every session has ended, with ctx's error if it had to cut some short.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	var errs []error
+	for l := range s.listeners {
+		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	for sess := range s.sessions {
+		sess.interruptIfIdle()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.cancel()
+		s.mu.Lock()
+		n := len(s.sessions)
+		for sess := range s.sessions {
+			sess.abort()
+		}
+		s.mu.Unlock()
+		s.log.Warn("pop3 shutdown: closed sessions still in flight; their deletions were not applied", "sessions", n)
+		<-done
+		errs = append(errs, ctx.Err())
+	}
+	s.cancel()
+	return errors.Join(errs...)
+}
+
+// Reload applies a new config to sessions that start from now on. The
+// listening addresses, the connection limits and the failed-login penalty
+// settings need a restart; Reload logs which of them changed.
+func (s *Server) Reload(cfg Config) error {
+	st, err := newSettings(cfg)
+	if err != nil {
+		return err
+	}
+	old := s.settings.Swap(st)
+	var restart []string
+	if old.cfg.MaxConnections != cfg.MaxConnections || old.cfg.MaxConnectionsPerIP != cfg.MaxConnectionsPerIP {
+		restart = append(restart, "pop3.max_connections, pop3.max_connections_per_ip")
+	}
+	if old.cfg.FailedLoginDelay != cfg.FailedLoginDelay || old.cfg.FailedLoginDelayMax != cfg.FailedLoginDelayMax || old.cfg.FailedLoginForget != cfg.FailedLoginForget {
+		restart = append(restart, "pop3.failed_login_delay, failed_login_delay_max, failed_login_forget")
+	}
+	if len(restart) > 0 {
+		s.log.Warn("pop3 config reloaded; some changes need a restart", "keys", restart)
+	} else {
+		s.log.Info("pop3 config reloaded; new sessions use it")
+	}
+	return nil
+}
+
+// checkLoginDelay enforces LOGIN-DELAY (RFC 2449 §6.5) and records the
+// login. It returns how long the client must still wait, or 0.
+func (s *Server) checkLoginDelay(l spool.Login, delay time.Duration) time.Duration {
+	if delay <= 0 {
+		return 0
+	}
+	now := s.deps.Now()
+	s.loginsMu.Lock()
+	defer s.loginsMu.Unlock()
+	if last, ok := s.lastLogins[l]; ok && now.Sub(last) < delay {
+		return delay - now.Sub(last)
+	}
+	s.lastLogins[l] = now
+	return 0
+}
+
+// remoteIP returns the client address of a connection, IPv4-mapped
+// addresses unmapped.
+func remoteIP(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return ip.Unmap()
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
