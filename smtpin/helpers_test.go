@@ -68,7 +68,7 @@ type readyFlag struct {
 	v  bool
 }
 
-func (r *readyFlag) get() bool   { r.mu.Lock(); defer r.mu.Unlock(); return r.v }
+func (r *readyFlag) get() bool  { r.mu.Lock(); defer r.mu.Unlock(); return r.v }
 func (r *readyFlag) set(v bool) { r.mu.Lock(); r.v = v; r.mu.Unlock() }
 
 type envOption func(*Config, *Deps)
@@ -293,7 +293,9 @@ func (c *client) closed() bool {
 }
 
 // crlf turns "\n" line ends into "\r\n".
-func crlf(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\n", "\r\n") }
+func crlf(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\n", "\r\n")
+}
 
 // logRecorder is a slog handler that keeps every record for the test to
 // look at.

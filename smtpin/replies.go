@@ -29,6 +29,9 @@ var (
 	errBadSender = reply(553, 5, 1, 7, "Malformed sender address")
 	// 5.6.7 non-ASCII address without SMTPUTF8 (RFC 6531 §3.5).
 	errNeedUTF8 = reply(553, 5, 6, 7, "Non-ASCII address requires the SMTPUTF8 parameter")
+	// 5.5.1 invalid command: RCPT or DATA without a transaction (go-smtp
+	// lets them through after a refused MAIL).
+	errNoTransaction = reply(503, 5, 5, 1, "Bad sequence of commands: send MAIL FROM first")
 	// 5.5.2 syntax error.
 	errBadHelo = reply(501, 5, 5, 2, "Invalid HELO/EHLO argument")
 	// 5.3.4 message too big for system.

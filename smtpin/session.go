@@ -99,7 +99,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	t := s.tx
 	s.mu.Unlock()
 	if t == nil {
-		return errLocal
+		return refuse(s.c, errNoTransaction)
 	}
 	rt, refusal, err := s.g.router.resolve(to, t.utf8, s.s.store.HasAccount)
 	if err != nil {
@@ -176,7 +176,7 @@ func (s *session) Data(r io.Reader) error {
 	t := s.tx
 	s.mu.Unlock()
 	if t == nil {
-		return errLocal
+		return refuse(s.c, errNoTransaction)
 	}
 	if _, bdat := r.(*io.PipeReader); !bdat {
 		// go-smtp's read deadline covers only the DATA line; the message
