@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	toml "github.com/pelletier/go-toml/v2"
 	"github.com/miekg/dns"
+	toml "github.com/pelletier/go-toml/v2"
 )
 
 // TestTranscripts plays every testdata/transcripts/*.txt over a real
