@@ -21,7 +21,8 @@ type Config struct {
 	// SIZE= and enforced while reading (552 5.3.4).
 	MaxMessageSize units.Size `toml:"max_message_size"`
 	// MaxHeaderSize bounds the header section of a message, the part read
-	// into memory for the checks (552 5.3.4 when over).
+	// into memory for the checks (552 5.3.4 when over). MaxMessageSize
+	// bounds it too.
 	MaxHeaderSize units.Size `toml:"max_header_size"`
 	// MaxRecipients bounds the recipients of one message (452 4.5.3 for
 	// the next one; RFC 5321 §4.5.3.1.8 asks for at least 100).
@@ -151,9 +152,6 @@ func (c *Config) Validate() error {
 	}
 	atLeast("max_message_size", c.MaxMessageSize.Bytes(), 64<<10, " bytes (64KiB)")
 	atLeast("max_header_size", c.MaxHeaderSize.Bytes(), 16<<10, " bytes (16KiB)")
-	if c.MaxHeaderSize > c.MaxMessageSize {
-		add("max_header_size", "%s is more than max_message_size (%s)", c.MaxHeaderSize, c.MaxMessageSize)
-	}
 	// RFC 5321 §4.5.3.1.8: at least 100 recipients must be accepted.
 	atLeast("max_recipients", int64(c.MaxRecipients), 100, " (RFC 5321 §4.5.3.1.8)")
 	// RFC 5321 §4.5.3.1.6: text lines of 1000 octets with the CRLF.

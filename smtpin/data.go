@@ -57,7 +57,7 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 		}
 	}()
 
-	hdr, rest, err := readHeader(br, int(cfg.MaxHeaderSize.Bytes()), *hbuf)
+	hdr, rest, err := readHeader(br, int(min(cfg.MaxHeaderSize, cfg.MaxMessageSize)), *hbuf)
 	*hbuf = hdr[:0]
 	if err != nil {
 		if errors.Is(err, errHeaderTooLarge) {

@@ -71,11 +71,19 @@ type readyFlag struct {
 func (r *readyFlag) get() bool  { r.mu.Lock(); defer r.mu.Unlock(); return r.v }
 func (r *readyFlag) set(v bool) { r.mu.Lock(); r.v = v; r.mu.Unlock() }
 
+// envOption changes the config or the dependencies before the server
+// starts.
 type envOption func(*Config, *Deps)
 
 // newEnv starts a server on 127.0.0.1 with accounts alice and bob. Options
 // change the config or the dependencies before it starts.
 func newEnv(t testing.TB, opts ...envOption) *env {
+	t.Helper()
+	return newEnvSpool(t, nil, opts...)
+}
+
+// newEnvSpool is newEnv with the spool options changed by mod.
+func newEnvSpool(t testing.TB, mod func(*spool.Options), opts ...envOption) *env {
 	t.Helper()
 	e := &env{t: t, cfg: testConfig(), dns: testutil.NewDNSServer(t), ca: testutil.NewCA(t), logs: &logRecorder{}, tlsReady: &readyFlag{v: true}}
 	e.dns.Add("sender.example", "TXT", "v=spf1 ip4:127.0.0.1 ip6:::1 -all")
@@ -87,6 +95,9 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	sopts.Path = filepath.Join(t.TempDir(), "spool.db")
 	sopts.HashParams = spool.HashParams{Time: 1, Memory: 64, Threads: 1}
 	sopts.MaxMessageSize = units.Size(2*e.cfg.MaxMessageSize.Bytes() + 1<<20)
+	if mod != nil {
+		mod(&sopts)
+	}
 	store, err := spool.Open(sopts)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,339 @@
+package smtpin
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postie/postie/internal/connlimit"
+	"github.com/postie/postie/internal/units"
+	"github.com/postie/postie/spool"
+)
+
+func TestTooManyRecipients(t *testing.T) {
+	e := newEnv(t)
+	c := e.dial()
+	c.hello()
+	c.expect("250 ", "MAIL FROM:<a@sender.example>")
+	for i := range 100 {
+		c.expect("250 ", "RCPT TO:<alice+%d@example.test>", i)
+	}
+	// RFC 5321 §4.5.3.1.10: 452 for the recipient over the limit, and
+	// the message goes to the accepted ones.
+	c.expect("452 4.5.3 ", "RCPT TO:<bob@example.test>")
+	if got := c.data(crlf("Subject: many\n\nbody\n")); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("DATA: %q", got)
+	}
+	if n := len(e.messages(alice)); n != 1 {
+		t.Errorf("alice has %d messages, want 1", n)
+	}
+	if n := len(e.messages(bob)); n != 0 {
+		t.Errorf("bob has %d messages, want 0", n)
+	}
+}
+
+func TestMessageSize(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *Config) { c.MaxMessageSize = 64 << 10 }))
+	c := e.dial()
+	c.hello()
+	// Refused at MAIL by SIZE= (RFC 1870).
+	c.expect("552 5.3.4 ", "MAIL FROM:<a@sender.example> SIZE=65537")
+	// Refused while reading, when the bytes are over the limit, whatever
+	// SIZE= said; the session goes on.
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 78)+"\r\n", 1000)
+	if got := c.deliver("a@sender.example", big, alice); !strings.HasPrefix(got, "552 5.3.4 ") {
+		t.Fatalf("oversized DATA: %q", got)
+	}
+	// Just under the limit is fine.
+	under := "Subject: fits\r\n\r\n" + strings.Repeat(strings.Repeat("y", 998)+"\r\n", 65)
+	under += strings.Repeat("y", 64<<10-len(under)-3) + "\r\n"
+	if got := c.deliver("a@sender.example", under, alice); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("DATA of %d bytes: %q", len(under), got)
+	}
+	// BDAT: refused by the chunk size before it is read.
+	c.expect("250 ", "MAIL FROM:<a@sender.example>")
+	c.expect("250 ", "RCPT TO:<alice@example.test>")
+	c.raw(fmt.Sprintf("BDAT %d LAST\r\n%s", len(big), big))
+	if got := c.reply(); !strings.HasPrefix(got, "552 5.3.4 ") {
+		t.Fatalf("oversized BDAT: %q", got)
+	}
+	c.expect("221 ", "QUIT")
+	got := e.messages(alice)
+	if len(got) != 1 || !strings.Contains(got[0], "Subject: fits") {
+		t.Fatalf("stored %d messages, want only the one that fits", len(got))
+	}
+}
+
+func TestHeaderTooLarge(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *Config) { c.MaxHeaderSize = 16 << 10 }))
+	c := e.dial()
+	c.hello()
+	hdr := strings.Repeat("X-Filler: "+strings.Repeat("h", 90)+"\r\n", 200)
+	if got := c.deliver("a@sender.example", hdr+"\r\nbody\r\n", alice); !strings.HasPrefix(got, "552 5.3.4 Header") {
+		t.Fatalf("DATA: %q", got)
+	}
+	// One long folded field, too.
+	folded := "Subject: " + strings.Repeat("word\r\n ", 4000) + "end\r\n\r\nbody\r\n"
+	if got := c.deliver("a@sender.example", folded, alice); !strings.HasPrefix(got, "552 5.3.4 Header") {
+		t.Fatalf("DATA: %q", got)
+	}
+	if got := c.deliver("a@sender.example", crlf("Subject: small\n\nbody\n"), alice); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("DATA after the refusals: %q", got)
+	}
+	if n := len(e.messages(alice)); n != 1 {
+		t.Errorf("alice has %d messages, want 1", n)
+	}
+}
+
+func TestLineTooLong(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *Config) { c.MaxLineLength = 2000 }))
+	c := e.dial()
+	c.hello()
+	got := c.deliver("a@sender.example", "Subject: long\r\n\r\n"+strings.Repeat("z", 5000)+"\r\n", alice)
+	if !strings.HasPrefix(got, "554 5.6.0 ") {
+		t.Fatalf("DATA with a 5000-byte line: %q", got)
+	}
+	if !c.closed() {
+		t.Error("the session went on after a line over the limit")
+	}
+	if n := len(e.messages(alice)); n != 0 {
+		t.Errorf("alice has %d messages, want 0", n)
+	}
+
+	// A command line over the limit: go-smtp answers and closes.
+	c = e.dial()
+	c.hello()
+	if got := c.cmd("NOOP %s", strings.Repeat("n", 3000)); !strings.HasPrefix(got, "500 5.4.0 ") {
+		t.Fatalf("long command: %q", got)
+	}
+	if !c.closed() {
+		t.Error("the session went on after a command over the limit")
+	}
+}
+
+// dialFrom connects from a given loopback address (all of 127.0.0.0/8 is
+// local on Linux), to look like different clients.
+func dialFrom(t *testing.T, e *env, ip string) *client {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+	conn, err := d.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &client{t: t, conn: conn, r: bufio.NewReader(conn)}
+}
+
+func TestConnectionLimits(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *Config) { c.MaxConnections, c.MaxConnectionsPerIP = 3, 2 }))
+	a1, a2 := dialFrom(t, e, "127.0.0.1"), dialFrom(t, e, "127.0.0.1")
+	a1.line()
+	a2.line()
+	// A third from the same address is refused with 421, and logged with
+	// the address for fail2ban.
+	a3 := dialFrom(t, e, "127.0.0.1")
+	if got := a3.line(); got != "421 4.7.0 mx.example.test Too many connections from your address, please try again later, closing connection" {
+		t.Fatalf("third connection from one address: %q", got)
+	}
+	if !a3.closed() {
+		t.Error("refused connection left open")
+	}
+	e.logs.waitFor(t, "connection refused", "remote=127.0.0.1", "limit=max_connections_per_ip")
+	// Another client may still come in, up to the total.
+	b1 := dialFrom(t, e, "127.0.0.2")
+	b1.line()
+	c1 := dialFrom(t, e, "127.0.0.3")
+	if got := c1.line(); !strings.HasPrefix(got, "421 4.7.0 mx.example.test Too many connections,") {
+		t.Fatalf("connection over the total: %q", got)
+	}
+	e.logs.waitFor(t, "connection refused", "remote=127.0.0.3", "limit=max_connections")
+	// A slot freed is a slot available again.
+	a1.expect("221 ", "QUIT")
+	a1.closed()
+	var again *client
+	for range 100 {
+		again = dialFrom(t, e, "127.0.0.3")
+		if got := again.line(); strings.HasPrefix(got, "220 ") {
+			break
+		}
+		again = nil
+		time.Sleep(10 * time.Millisecond)
+	}
+	if again == nil {
+		t.Fatal("no connection accepted after one closed")
+	}
+	again.expect("250 ", "EHLO client.example")
+	if got := again.deliver("a@sender.example", crlf("Subject: hi\n\nbody\n"), alice); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("DATA: %q", got)
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *Config) { c.ReadTimeout = units.Duration(200 * time.Millisecond) }))
+	c := e.dial()
+	c.hello()
+	c.expect("250 ", "MAIL FROM:<a@sender.example>")
+	if got := c.line(); got != "421 4.4.2 mx.example.test Timeout waiting for a command, closing connection" {
+		t.Fatalf("after idling: %q", got)
+	}
+	if !c.closed() {
+		t.Error("idle connection left open")
+	}
+	e.logs.waitFor(t, "session ended by the server", "reason=Timeout waiting for a command")
+}
+
+func TestSessionTimeout(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *Config) {
+		c.SessionTimeout = units.Duration(400 * time.Millisecond)
+		c.ReadTimeout = units.Duration(300 * time.Millisecond)
+	}))
+	c := e.dial()
+	c.hello()
+	for {
+		got := c.cmd("NOOP")
+		if strings.HasPrefix(got, "250 ") {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if got != "421 4.4.2 mx.example.test Session time limit reached, closing connection" {
+			t.Fatalf("NOOP: %q", got)
+		}
+		break
+	}
+	if !c.closed() {
+		t.Error("connection left open")
+	}
+}
+
+// TestTricklingData: go-smtp's read deadline covers only the DATA line; a
+// message that arrives slower than min_data_rate is cut off with 421, its
+// rest is not read as commands, and nothing is stored.
+func TestTricklingData(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cfg   func(*Config)
+		chunk string
+		every time.Duration
+		want  string
+	}{
+		{"below the minimum rate", func(c *Config) {
+			c.ReadTimeout = units.Duration(300 * time.Millisecond)
+			c.MinDataRate = 1000
+		}, "x", 50 * time.Millisecond, "421 4.4.2 mx.example.test Message data arrived too slowly, closing connection"},
+		{"over the data timeout", func(c *Config) {
+			c.ReadTimeout = units.Duration(time.Second)
+			c.DataTimeout = units.Duration(400 * time.Millisecond)
+			c.MinDataRate = 1
+		}, "MAIL FROM:<smuggled@sender.example>\r\n", 20 * time.Millisecond, "421 4.4.2 mx.example.test Message data arrived too slowly, closing connection"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, withConfig(tc.cfg))
+			c := e.dial()
+			c.hello()
+			c.expect("250 ", "MAIL FROM:<a@sender.example>")
+			c.expect("250 ", "RCPT TO:<alice@example.test>")
+			c.expect("354 ", "DATA")
+			c.raw("Subject: slow\r\n\r\n")
+			done := make(chan string, 1)
+			go func() {
+				c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+				s, _ := c.r.ReadString('\n')
+				done <- strings.TrimSuffix(s, "\r\n")
+			}()
+			var got string
+		trickle:
+			for {
+				select {
+				case got = <-done:
+					break trickle
+				case <-time.After(tc.every):
+					io.WriteString(c.conn, tc.chunk)
+				}
+			}
+			if got != tc.want {
+				t.Fatalf("reply %q, want %q", got, tc.want)
+			}
+			c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if rest, _ := io.ReadAll(c.r); len(rest) > 0 {
+				t.Errorf("more after the 421: %q", rest)
+			}
+			if n := len(e.messages(alice)); n != 0 {
+				t.Errorf("%d messages stored", n)
+			}
+		})
+	}
+}
+
+// TestUnknownRecipientPenalty: unknown recipients are logged with the
+// client address (for fail2ban) and count against the client network
+// across connections.
+func TestUnknownRecipientPenalty(t *testing.T) {
+	e := newEnv(t)
+	for range 2 {
+		c := e.dial()
+		c.hello()
+		c.expect("250 ", "MAIL FROM:<a@sender.example>")
+		c.expect("550 5.1.1 ", "RCPT TO:<probe1@example.test>")
+		c.expect("550 5.1.1 ", "RCPT TO:<probe2@example.test>")
+		c.expect("221 ", "QUIT")
+	}
+	key := connlimit.ClientKey(&net.TCPAddr{IP: net.ParseIP("127.0.0.1")}).String()
+	if n := e.srv.penaltyTable().Failures(key); n != 4 {
+		t.Errorf("penalty failures for %s: %d, want 4", key, n)
+	}
+	if d := e.srv.penaltyTable().Delay(key); d != e.cfg.UnknownRecipientDelayMax.D() {
+		t.Errorf("delay after 4 failures: %v, want the maximum %v", d, e.cfg.UnknownRecipientDelayMax)
+	}
+	if got := e.logs.find("unknown recipient", "remote=127.0.0.1", "rcpt=probe2@example.test"); len(got) != 2 {
+		t.Errorf("log lines for probe2: %q", got)
+	}
+}
+
+// TestStorageErrors: a full spool and a full mailbox give temporary
+// replies (never 5xx, never 250), and nothing half-stored.
+func TestStorageErrors(t *testing.T) {
+	t.Run("spool full", func(t *testing.T) {
+		e := newEnvSpool(t, func(o *spool.Options) { o.MaxSize = 4 << 20 })
+		c := e.dial()
+		c.hello()
+		body := "Subject: filler\r\n\r\n" + strings.Repeat(strings.Repeat("f", 998)+"\r\n", 256)
+		accepted := 0
+		for range 40 {
+			got := c.deliver("a@sender.example", body, alice)
+			if strings.HasPrefix(got, "250 ") {
+				accepted++
+				continue
+			}
+			if !strings.HasPrefix(got, "452 4.3.1 ") {
+				t.Fatalf("after %d messages: %q, want 452 4.3.1", accepted, got)
+			}
+			break
+		}
+		if accepted == 0 || accepted == 40 {
+			t.Fatalf("%d messages accepted before the spool was full", accepted)
+		}
+		if n := len(e.messages(alice)); n != accepted {
+			t.Errorf("%d messages stored, %d acknowledged", n, accepted)
+		}
+	})
+	t.Run("mailbox over quota", func(t *testing.T) {
+		e := newEnv(t)
+		if err := e.store.SetQuota(context.Background(), alice, 4096); err != nil {
+			t.Fatal(err)
+		}
+		c := e.dial()
+		c.hello()
+		got := c.deliver("a@sender.example", "Subject: big\r\n\r\n"+strings.Repeat("q", 5000)+"\r\n", alice)
+		if !strings.HasPrefix(got, "452 4.2.2 ") {
+			t.Fatalf("DATA over quota: %q", got)
+		}
+		if n := len(e.messages(alice)); n != 0 {
+			t.Errorf("%d messages stored", n)
+		}
+	})
+}
