@@ -39,15 +39,27 @@ type DNSServer struct {
 // NewDNSServer starts a server; it stops when the test ends.
 func NewDNSServer(t testing.TB) *DNSServer {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := pc.LocalAddr().(*net.UDPAddr).Port
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	// UDP and TCP share one port number: take a free UDP port, then try
+	// TCP on it. Another socket of a busy test run may hold that TCP port,
+	// so try a few UDP ports.
+	var pc net.PacketConn
+	var ln net.Listener
+	var lastErr error
+	for range 20 {
+		var err error
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err = net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			break
+		}
 		pc.Close()
-		t.Fatalf("listen tcp on the UDP port %d: %v", port, err)
+		pc, lastErr = nil, err
+	}
+	if pc == nil {
+		t.Fatalf("testutil: no port free for both UDP and TCP: %v", lastErr)
 	}
 	s := &DNSServer{
 		Addr:    pc.LocalAddr().String(),
