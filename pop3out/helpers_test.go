@@ -157,18 +157,22 @@ func newEnv(t testing.TB, o envOptions) *env {
 }
 
 // deliver stores a message for an account.
-func (e *env) deliver(account string, body []byte) {
-	e.t.Helper()
+func (e *env) deliver(account string, body []byte) { e.deliverT(e.t, account, body) }
+
+func (e *env) deliverT(t testing.TB, account string, body []byte) {
+	t.Helper()
 	_, err := e.store.Deliver(context.Background(), spool.Envelope{MailFrom: "carol@example.net", RcptTo: []string{account}}, []string{account}, bytes.NewReader(body))
 	if err != nil {
-		e.t.Fatalf("Deliver: %v", err)
+		t.Fatalf("Deliver: %v", err)
 	}
 }
 
 // messages returns the messages an account's maildrop holds now, waiting
 // for a session that is ending to release its lock.
-func (e *env) messages(account string) [][]byte {
-	e.t.Helper()
+func (e *env) messages(account string) [][]byte { return e.messagesT(e.t, account) }
+
+func (e *env) messagesT(t testing.TB, account string) [][]byte {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		m, err := e.store.OpenMaildrop(context.Background(), spool.Login{Account: account}, "127.0.0.1")
@@ -177,13 +181,13 @@ func (e *env) messages(account string) [][]byte {
 			continue
 		}
 		if err != nil {
-			e.t.Fatalf("OpenMaildrop(%s): %v", account, err)
+			t.Fatalf("OpenMaildrop(%s): %v", account, err)
 		}
 		var out [][]byte
 		for i := range m.Messages() {
 			rc, err := m.Open(i)
 			if err != nil {
-				e.t.Fatal(err)
+				t.Fatal(err)
 			}
 			var b bytes.Buffer
 			b.ReadFrom(rc)

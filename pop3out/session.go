@@ -65,8 +65,8 @@ type session struct {
 
 	// The protocol.
 	state   state
-	user    string         // USER's argument, waiting for PASS
-	login   spool.Login    // who logged in
+	user    string          // USER's argument, waiting for PASS
+	login   spool.Login     // who logged in
 	drop    *spool.Maildrop // the locked maildrop, in TRANSACTION
 	msgs    []spool.Message // the snapshot; message n is msgs[n-1]
 	deleted []bool          // DELE marks, applied at QUIT (RFC 1939 §6)
