@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"strings"
@@ -100,7 +101,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	e.store = store
 	ctx := context.Background()
 	for _, a := range []string{alice, bob} {
-		if err := store.AddAccount(ctx, a, password); err != nil {
+		if err := store.AddAccount(ctx, a, password); err != nil && !errors.Is(err, spool.ErrAccountExists) {
 			t.Fatalf("AddAccount: %v", err)
 		}
 	}
@@ -341,4 +342,36 @@ func (c *client) expectClosed() {
 	if errors.As(err, &ne) && ne.Timeout() {
 		c.t.Fatalf("connection still open after 10s")
 	}
+}
+
+// makeMessage returns a message of exactly size octets as the spool stores
+// it (CRLF lines, ending in CRLF), with 8-bit and NUL octets, lines that
+// start with "." and lines that are only ".": what dot-stuffing and
+// byte-exactness must survive. The same seed gives the same message.
+func makeMessage(size int, seed uint64) []byte {
+	rng := rand.New(rand.NewPCG(seed, 42))
+	out := make([]byte, 0, size+256)
+	out = append(out, fmt.Sprintf("Subject: test message %d\r\nX-Size: %d\r\n\r\n", seed, size)...)
+	for len(out) < size {
+		switch rng.IntN(10) {
+		case 0:
+			out = append(out, ".\r\n"...)
+		case 1:
+			out = append(out, '.', '.')
+		}
+		n := rng.IntN(200)
+		for range n {
+			c := byte(rng.IntN(256))
+			if c == '\r' || c == '\n' {
+				c = '.'
+			}
+			out = append(out, c)
+		}
+		out = append(out, '\r', '\n')
+	}
+	out = out[:size-2]
+	if out[len(out)-1] == '\r' {
+		out[len(out)-1] = 'x'
+	}
+	return append(out, '\r', '\n')
 }
