@@ -117,7 +117,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	deps := Deps{Store: store, Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	e.ca = testutil.NewCA(t)
 	if !o.noTLS {
-		deps.TLS = e.ca.ServerConfig(t, tlsName)
+		deps.TLS = e.ca.ServerConfig(t, tlsName, "127.0.0.1")
 		deps.TLSReady = e.ready.get
 	}
 	srv, err := New(cfg, deps)
