@@ -264,3 +264,37 @@ func TestACMEUnreachableCA(t *testing.T) {
 		t.Fatalf("the listener started before the certificate does not serve it: %v", err)
 	}
 }
+
+// TestACMEValidationFails: when the CA cannot reach us, the log says why
+// in the owner's terms: where the name points and which port to open, or
+// that the name does not resolve.
+func TestACMEValidationFails(t *testing.T) {
+	const host, extra = "mx.fail.example.test", "autoconfig.fail.example.test"
+	dns := newDNSServer(t)
+	dns.Add(host, "A", "127.0.0.1") // extra has no record
+	// Pebble validates on a port where nothing listens: "port 80 closed".
+	p := newPebble(t, dns, pebbleOptions{httpPort: freePort(t), tlsPort: freePort(t)})
+	p.start()
+
+	cfg := acmeConfig(t, p, host)
+	cfg.HTTPListen, cfg.HTTPSListen = "127.0.0.1:0", ""
+	cfg.ExtraNames = []string{extra}
+	log, logs := newLog(t)
+	m, err := New(cfg, Deps{Logger: log, Resolver: dns.Resolver(), RetryIntervals: []time.Duration{time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the diagnosis for the host", func() bool {
+		return logs.count("could not get a certificate", "name="+host, "resolves to 127.0.0.1", "port 80 (HTTP-01)", "open to the internet") == 1
+	})
+	waitFor(t, 60*time.Second, "the diagnosis for the name without DNS", func() bool {
+		return logs.count("could not get a certificate", "name="+extra, extra+" does not resolve", "publish A (and AAAA) records") == 1
+	})
+	if m.Ready() {
+		t.Error("Ready although validation failed")
+	}
+}

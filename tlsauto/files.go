@@ -67,12 +67,12 @@ func newFilesSource(cfg Config, deps Deps, log *slog.Logger) (*filesSource, erro
 	if err != nil {
 		return nil, errors.New("tls.cert_file, tls.key_file: " + err.Error())
 	}
-	f.install(c)
+	f.install(c, time.Now())
 	return f, nil
 }
 
 // install puts c in service and says what it is.
-func (f *filesSource) install(c *tls.Certificate) {
+func (f *filesSource) install(c *tls.Certificate, now time.Time) {
 	f.cur.Store(c)
 	f.log.Info("certificate loaded", "file", f.certFile, "subject", c.Leaf.Subject.CommonName, "names", c.Leaf.DNSNames,
 		"expires", c.Leaf.NotAfter, "serial", c.Leaf.SerialNumber.Text(16))
@@ -80,6 +80,16 @@ func (f *filesSource) install(c *tls.Certificate) {
 		if err := c.Leaf.VerifyHostname(n); err != nil {
 			f.log.Warn("the certificate does not cover a name it is served for; clients that check it will refuse it", "name", n, "file", f.certFile)
 		}
+	}
+	f.warnExpiry(c, now)
+}
+
+// warnExpiry says once per certificate that it nears its end.
+func (f *filesSource) warnExpiry(c *tls.Certificate, now time.Time) {
+	if serial := c.Leaf.SerialNumber.String(); now.Add(expiryWarning).After(c.Leaf.NotAfter) && f.warned != serial {
+		f.warned = serial
+		f.log.Warn("the certificate in tls.cert_file expires soon; renew it (the new files are picked up without a restart)",
+			"file", f.certFile, "expires", c.Leaf.NotAfter)
 	}
 }
 
@@ -108,18 +118,11 @@ func (f *filesSource) check(now time.Time) {
 			f.log.Error("the certificate files changed but do not load; still serving the previous certificate", "err", err,
 				"fix", "write the new certificate chain and its key to tls.cert_file and tls.key_file (PEM); they are checked again when they change")
 		} else {
-			f.install(c)
+			f.install(c, now)
+			return
 		}
 	}
-	c := f.cur.Load()
-	if c == nil {
-		return
-	}
-	if serial := c.Leaf.SerialNumber.String(); now.Add(expiryWarning).After(c.Leaf.NotAfter) && f.warned != serial {
-		f.warned = serial
-		f.log.Warn("the certificate in tls.cert_file expires soon; renew it (the new files are picked up without a restart)",
-			"file", f.certFile, "expires", c.Leaf.NotAfter)
-	}
+	f.warnExpiry(f.cur.Load(), now)
 }
 
 func (f *filesSource) host() *tls.Certificate {
