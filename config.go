@@ -1,0 +1,288 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	toml "github.com/pelletier/go-toml/v2"
+
+	"github.com/postie/postie/internal/units"
+	"github.com/postie/postie/pop3out"
+	"github.com/postie/postie/smtpin"
+	"github.com/postie/postie/spool"
+	"github.com/postie/postie/tlsauto"
+)
+
+// defaultConfigPath is where the commands look for the config without -config.
+const defaultConfigPath = "/etc/postie/postie.toml"
+
+// Config is the whole postie.toml. Each part's table is that package's own
+// config type; the top-level keys are shared by several parts and copied
+// into them by (*Config).spread. config.example.toml documents every key.
+type Config struct {
+	Hostname      string              `toml:"hostname"`
+	Domains       []string            `toml:"domains"`
+	DataDir       string              `toml:"data_dir"`
+	PlusSeparator string              `toml:"plus_separator"`
+	Aliases       map[string][]string `toml:"aliases"`
+	// PublicAddresses are this server's public IP addresses, for "postie
+	// check" (the A/AAAA and reverse DNS records must match them).
+	PublicAddresses []string `toml:"public_addresses"`
+
+	Log     LogConfig      `toml:"log"`
+	DNS     DNSConfig      `toml:"dns"`
+	Spool   spool.Options  `toml:"spool"`
+	SMTP    smtpin.Config  `toml:"smtp"`
+	POP3    pop3out.Config `toml:"pop3"`
+	TLS     tlsauto.Config `toml:"tls"`
+	Metrics    MetricsConfig    `toml:"metrics"`
+	Watchdog   WatchdogConfig   `toml:"watchdog"`
+	Autoconfig AutoconfigConfig `toml:"autoconfig"`
+
+	local bool // "postie local": no DNS
+}
+
+// LogConfig is the [log] table.
+type LogConfig struct {
+	Format string `toml:"format"` // "text" or "json"
+	Level  string `toml:"level"`  // "debug", "info", "warn", "error"
+}
+
+// DNSConfig is the [dns] table.
+type DNSConfig struct {
+	Resolver string         `toml:"resolver"` // host:port; empty: the system's
+	Timeout  units.Duration `toml:"timeout"`
+}
+
+// MetricsConfig is the [metrics] table.
+type MetricsConfig struct {
+	Listen string `toml:"listen"` // empty: off
+}
+
+// WatchdogConfig is the [watchdog] table.
+type WatchdogConfig struct {
+	FetchOverdue units.Duration `toml:"fetch_overdue"` // 0: off
+	QuotaWarning float64        `toml:"quota_warning"` // fraction of the quota; 0: off
+}
+
+// AutoconfigConfig is the [autoconfig] table.
+type AutoconfigConfig struct {
+	Enabled bool `toml:"enabled"`
+}
+
+// DefaultConfig returns the configuration with every default set.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:       "/var/lib/postie",
+		PlusSeparator: "+",
+		Log:           LogConfig{Format: "text", Level: "info"},
+		DNS:           DNSConfig{Timeout: units.Duration(5e9)},
+		Spool:         spool.DefaultOptions(),
+		SMTP:          smtpin.DefaultConfig(),
+		POP3:          pop3out.DefaultConfig(),
+		TLS:           tlsauto.DefaultConfig(),
+		Watchdog:      WatchdogConfig{FetchOverdue: units.Duration(72 * time.Hour), QuotaWarning: 0.9},
+	}
+}
+
+// LoadConfig reads and validates a config file. Unknown keys and bad values
+// are errors that name the key and its line.
+func LoadConfig(path string) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	return parseConfig(path, f)
+}
+
+func parseConfig(name string, r io.Reader) (Config, error) {
+	c := DefaultConfig()
+	dec := toml.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, decodeError(name, err)
+	}
+	c.spread()
+	if err := c.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config %s:\n%w", name, err)
+	}
+	return c, nil
+}
+
+// decodeError turns go-toml's errors into "file:line: key: problem".
+func decodeError(name string, err error) error {
+	var de *toml.DecodeError
+	var se *toml.StrictMissingError
+	switch {
+	case errors.As(err, &se):
+		var lines []string
+		for _, e := range se.Errors {
+			row, _ := e.Position()
+			lines = append(lines, fmt.Sprintf("config %s:%d: unknown key %q (misspelt, or in the wrong table?)", name, row, strings.Join(e.Key(), ".")))
+		}
+		return errors.New(strings.Join(lines, "\n"))
+	case errors.As(err, &de):
+		row, _ := de.Position()
+		msg := strings.TrimPrefix(de.Error(), "toml: ")
+		if key := de.Key(); len(key) > 0 {
+			if msg == "unknown field" {
+				return fmt.Errorf("config %s:%d: unknown key %q (misspelt, or in the wrong table?)", name, row, strings.Join(key, "."))
+			}
+			return fmt.Errorf("config %s:%d: %s: %s", name, row, strings.Join(key, "."), msg)
+		}
+		return fmt.Errorf("config %s:%d: %s", name, row, msg)
+	}
+	return fmt.Errorf("config %s: %w", name, err)
+}
+
+// spread copies the top-level keys into the parts that need them.
+func (c *Config) spread() {
+	c.Hostname = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(c.Hostname), "."))
+	for i, d := range c.Domains {
+		c.Domains[i] = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(d), "."))
+	}
+	c.SMTP.Hostname, c.SMTP.Domains = c.Hostname, c.Domains
+	c.SMTP.Aliases, c.SMTP.PlusSeparator = c.Aliases, c.PlusSeparator
+	c.POP3.Hostname = c.Hostname
+	c.TLS.Hostname, c.TLS.Domains, c.TLS.DataDir = c.Hostname, c.Domains, c.DataDir
+	c.Spool.Path = filepath.Join(c.DataDir, "spool.db")
+	c.Spool.MaxMessageSize = units.Size(2*c.SMTP.MaxMessageSize.Bytes() + 1<<20)
+}
+
+// Validate checks the whole config and returns every problem it finds.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Hostname == "" {
+		add("hostname: missing: the name of this mail server, e.g. \"mail.example.com\" (the MX record points at it)")
+	} else if err := checkDomainName(c.Hostname); err != nil {
+		add("hostname: %v", err)
+	}
+	if len(c.Domains) == 0 {
+		add("domains: missing: the mail domains this server receives for, e.g. [\"example.com\"]")
+	}
+	seen := map[string]bool{}
+	for _, d := range c.Domains {
+		if err := checkDomainName(d); err != nil {
+			add("domains: %v", err)
+		}
+		if seen[d] {
+			add("domains: %q is listed twice", d)
+		}
+		seen[d] = true
+	}
+	if c.DataDir == "" {
+		add("data_dir: missing: a directory for the spool and certificates, e.g. \"/var/lib/postie\"")
+	}
+	if c.PlusSeparator == "" {
+		// Allowed: no plus-addressing.
+	} else if strings.ContainsAny(c.PlusSeparator, "@\" \t<>") {
+		add("plus_separator: %q: use characters such as \"+\" or \"+-\", not @, quotes or spaces", c.PlusSeparator)
+	}
+	for from, targets := range c.Aliases {
+		if err := c.checkAliasSource(from); err != nil {
+			add("aliases: %q: %v", from, err)
+		}
+		if len(targets) == 0 {
+			add("aliases: %q: no target accounts", from)
+		}
+		for _, t := range targets {
+			if _, err := c.LocalAddress(t); err != nil {
+				add("aliases: %q -> %q: %v (aliases point at local accounts: Postie does not forward mail)", from, t, err)
+			}
+		}
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add("log.format: %q: want \"text\" or \"json\"", c.Log.Format)
+	}
+	if _, err := parseLevel(c.Log.Level); err != nil {
+		add("log.level: %v", err)
+	}
+	for _, a := range c.PublicAddresses {
+		if _, err := netip.ParseAddr(a); err != nil {
+			add("public_addresses: %q is not an IP address", a)
+		}
+	}
+	if q := c.Watchdog.QuotaWarning; q < 0 || q > 1 {
+		add("watchdog.quota_warning: %v: want a fraction between 0 (off) and 1, e.g. 0.9", q)
+	}
+	if c.Autoconfig.Enabled && c.TLS.HTTPSListen == "" {
+		add("autoconfig.enabled: autoconfig is served over HTTPS; set tls.https_listen (default \":443\")")
+	}
+	if c.Metrics.Listen != "" {
+		if ap, err := netip.ParseAddrPort(c.Metrics.Listen); err != nil || !ap.Addr().IsLoopback() {
+			add("metrics.listen: %q: want a loopback address and port, e.g. \"127.0.0.1:9125\" (metrics are not for the internet)", c.Metrics.Listen)
+		}
+	}
+	for _, v := range []interface{ Validate() error }{&c.SMTP, &c.POP3, &c.TLS, c.Spool} {
+		if err := v.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) checkAliasSource(from string) error {
+	if strings.HasPrefix(from, "@") {
+		if !c.IsLocalDomain(from[1:]) {
+			return fmt.Errorf("catch-all for a domain not in domains")
+		}
+		return nil
+	}
+	_, err := c.LocalAddress(from)
+	return err
+}
+
+// IsLocalDomain reports whether d is one of the configured domains.
+func (c *Config) IsLocalDomain(d string) bool {
+	d = strings.ToLower(strings.TrimSuffix(d, "."))
+	for _, x := range c.Domains {
+		if x == d {
+			return true
+		}
+	}
+	return false
+}
+
+// LocalAddress normalises addr and checks that its domain is ours.
+func (c *Config) LocalAddress(addr string) (string, error) {
+	a, err := spool.NormalizeAddress(addr)
+	if err != nil {
+		return "", err
+	}
+	if d := a[strings.LastIndexByte(a, '@')+1:]; !c.IsLocalDomain(d) {
+		return "", fmt.Errorf("%s is not in one of the configured domains (%s)", d, strings.Join(c.Domains, ", "))
+	}
+	return a, nil
+}
+
+// checkDomainName accepts a DNS host name: labels of letters, digits and
+// hyphens (or U-labels), at most 253 characters.
+func checkDomainName(d string) error {
+	if d == "localhost" {
+		return nil
+	}
+	if len(d) > 253 || !strings.Contains(d, ".") {
+		return fmt.Errorf("%q is not a fully qualified domain name", d)
+	}
+	for _, label := range strings.Split(d, ".") {
+		if label == "" || len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
+			return fmt.Errorf("%q is not a valid domain name", d)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r > 0x7f) {
+				return fmt.Errorf("%q is not a valid domain name (character %q)", d, r)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+
+	toml "github.com/pelletier/go-toml/v2"
+)
+
+// TestExampleConfigIsTheDefaults loads config.example.toml and checks that
+// every value it shows is the real default: apart from the keys an owner
+// must set (hostname, domains), loading it gives DefaultConfig.
+func TestExampleConfigIsTheDefaults(t *testing.T) {
+	got, err := parseExample(t)
+	if err != nil {
+		t.Fatalf("config.example.toml: %v", err)
+	}
+	want := DefaultConfig()
+	want.Hostname, want.Domains = got.Hostname, got.Domains
+	want.Aliases = got.Aliases
+	if len(got.PublicAddresses) == 0 {
+		want.PublicAddresses = got.PublicAddresses // [] and nil say the same
+	}
+	want.spread()
+	if !reflect.DeepEqual(got, want) {
+		var g, w bytes.Buffer
+		toml.NewEncoder(&g).Encode(got)
+		toml.NewEncoder(&w).Encode(want)
+		t.Fatalf("config.example.toml does not show the defaults.\nexample:\n%s\ndefaults:\n%s", g.String(), w.String())
+	}
+}
+
+func parseExample(t *testing.T) (Config, error) {
+	t.Helper()
+	b, err := os.ReadFile("config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The example leaves acme's agreement to the owner; agree here so that
+	// it validates.
+	b = bytes.Replace(b, []byte("agree_terms = false"), []byte("agree_terms = true"), 1)
+	c, err := parseConfig("config.example.toml", bytes.NewReader(b))
+	c.TLS.AgreeTerms = false
+	return c, err
+}
+
+// TestExampleConfigDocumentsEveryKey walks the config types by reflection
+// and checks that every key appears in config.example.toml.
+func TestExampleConfigDocumentsEveryKey(t *testing.T) {
+	b, err := os.ReadFile("config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := toml.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var walk func(typ reflect.Type, doc map[string]any, path string)
+	walk = func(typ reflect.Type, doc map[string]any, path string) {
+		for i := 0; i < typ.NumField(); i++ {
+			f := typ.Field(i)
+			key := strings.Split(f.Tag.Get("toml"), ",")[0]
+			if key == "" || key == "-" || !f.IsExported() {
+				continue
+			}
+			v, ok := doc[key]
+			if !ok {
+				t.Errorf("config.example.toml lacks %s%s", path, key)
+				continue
+			}
+			if f.Type.Kind() == reflect.Struct && f.Type.PkgPath() != "time" {
+				sub, ok := v.(map[string]any)
+				if !ok {
+					t.Errorf("%s%s should be a table", path, key)
+					continue
+				}
+				walk(f.Type, sub, path+key+".")
+			}
+		}
+	}
+	walk(reflect.TypeOf(Config{}), doc, "")
+}
+
+// TestBadConfigs loads each testdata/badconfig file and checks that it is
+// refused with the error its "# want:" line describes (a regexp).
+func TestBadConfigs(t *testing.T) {
+	files, _ := filepath.Glob("testdata/badconfig/*.toml")
+	if len(files) == 0 {
+		t.Fatal("no bad configs found")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			b, _ := os.ReadFile(f)
+			first, _, _ := strings.Cut(string(b), "\n")
+			want, ok := strings.CutPrefix(first, "# want: ")
+			if !ok {
+				t.Fatalf("%s has no \"# want:\" line", f)
+			}
+			_, err := LoadConfig(f)
+			if err == nil {
+				t.Fatalf("accepted; want an error matching %q", want)
+			}
+			if !regexp.MustCompile(want).MatchString(err.Error()) {
+				t.Fatalf("error %q does not match %q", err, want)
+			}
+		})
+	}
+}
+
+func TestLocalConfigIsValid(t *testing.T) {
+	c, err := localConfig(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLS.Mode != "self-signed" || c.SMTP.Listen[0] != "127.0.0.1:2525" || c.POP3.ListenTLS[0] != "127.0.0.1:1995" {
+		t.Fatalf("local config: %+v", c)
+	}
+}
