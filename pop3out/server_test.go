@@ -329,3 +329,40 @@ func TestUIDLStableAcrossRestart(t *testing.T) {
 		t.Fatalf("UIDL after restart:\n%s\nwant:\n%s", after, want)
 	}
 }
+
+// A device password (issue 7) opens that device's own view; the session's
+// one log line names the user, the device, TLS and what was transferred.
+func TestDeviceLoginAndSessionLog(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	devPass, err := e.store.AddDevice(context.Background(), alice, "phone", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The account password logs in once, so it counts as an active
+	// device that still wants what the phone deletes.
+	c := e.dialTLS()
+	c.expect("+OK ")
+	c.login(alice, password)
+	c.cmd("+OK", "QUIT")
+	c.expectClosed()
+
+	c = e.dialTLS()
+	c.expect("+OK ")
+	c.login(alice, devPass)
+	c.cmd("+OK 79 octets", "RETR 1")
+	if got := string(c.body()); got != fixtureMessages[0] {
+		t.Fatalf("RETR 1 = %q", got)
+	}
+	c.cmd("+OK", "DELE 1")
+	c.cmd("+OK Postie POP3 server signing off (1 messages deleted)", "QUIT")
+	e.waitLog(`device=phone tls=true retrieved=`)
+	line := regexp.MustCompile(`msg="pop3 session" conn=\d+ ip=127\.0\.0\.1 proto=pop3 user=alice@example\.org device=phone tls=true retrieved=1 deleted=1 bytes=79 commands=5 duration=\S+ end="Postie POP3 server signing off \(1 messages deleted\)"`)
+	if !line.MatchString(e.logs.String()) {
+		t.Fatalf("no session line like %s in:\n%s", line, e.logs.String())
+	}
+	// The account password still sees the message the phone deleted.
+	c = e.dialTLS()
+	c.expect("+OK ")
+	c.login(alice, password)
+	c.cmd("+OK 3 152", "STAT")
+}

@@ -344,13 +344,13 @@ func (s *session) finish() {
 	if s.end == "" {
 		s.end = "closed"
 	}
-	attrs := []any{
-		"user", s.login.Account, "tls", s.tls, "retrieved", s.retrieved, "deleted", s.ndeleted,
-		"bytes", s.sent, "commands", s.commands, "duration", time.Since(s.start).Round(time.Millisecond), "end", s.end,
-	}
+	attrs := make([]any, 0, 20)
+	attrs = append(attrs, "user", s.login.Account)
 	if s.login.DeviceName != "" {
 		attrs = append(attrs, "device", s.login.DeviceName)
 	}
+	attrs = append(attrs, "tls", s.tls, "retrieved", s.retrieved, "deleted", s.ndeleted,
+		"bytes", s.sent, "commands", s.commands, "duration", time.Since(s.start).Round(time.Millisecond), "end", s.end)
 	s.log.Info("pop3 session", attrs...)
 	s.srv.deps.Metrics.POP3Session(s.retrieved, s.ndeleted, s.sent)
 }
