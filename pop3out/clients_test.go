@@ -223,7 +223,6 @@ tls_starttls on
 tls_trust_file %s
 auth user
 delivery maildir %s
-keep off
 received_header off
 uidls_file %s
 `, port(e.addr), alice, password, filepath.Join(dir, "ca.pem"), maildir, filepath.Join(dir, "uidls"))
@@ -231,9 +230,13 @@ uidls_file %s
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	run(t, dir, []string{"HOME=" + dir}, "mpop", "--file="+cfgFile, "--quiet", "postie")
-	got := readDir(t, maildir)
-	sameMessages(t, "mpop", got, clientMessages(), true)
+	// Twice leaving the mail on the server: thanks to stable UIDLs the
+	// second run fetches nothing (RELIABILITY P2, P12). Then once more
+	// deleting what was fetched.
+	for _, keep := range []string{"--keep=on", "--keep=on", "--keep=off"} {
+		run(t, dir, []string{"HOME=" + dir}, "mpop", "--file="+cfgFile, "--quiet", keep, "postie")
+		sameMessages(t, "mpop "+keep, readDir(t, maildir), clientMessages(), true)
+	}
 	if n := len(e.messages(alice)); n != 0 {
 		t.Fatalf("%d messages left on the server after mpop, want 0", n)
 	}

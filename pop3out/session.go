@@ -142,6 +142,10 @@ func (io sessionIO) Write(p []byte) (int, error) {
 	return s.conn.Write(p)
 }
 
+// errShuttingDown ends a session that has not logged in when the server
+// shuts down.
+var errShuttingDown = errors.New("pop3: server shutting down")
+
 // errLineTooLong means a command line did not fit MaxLineLength.
 var errLineTooLong = errors.New("pop3: line too long")
 
@@ -216,6 +220,11 @@ func (s *session) run() {
 // readCommand reads a command line. In the AUTHORIZATION state the session
 // is marked idle meanwhile, so Shutdown may close it.
 func (s *session) readCommand() (string, error) {
+	if s.state == stateAuthorization && s.srv.shuttingDown() {
+		// Shutdown lets sessions that hold a maildrop finish; no new
+		// ones start.
+		return "", errShuttingDown
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -264,6 +273,8 @@ func (s *session) readFailed(err error) {
 		} else if !time.Now().Before(s.sessionDeadline) {
 			s.end = "session timeout"
 		}
+	case errors.Is(err, errShuttingDown):
+		s.end = "server shutdown"
 	case errors.Is(err, io.EOF):
 		s.end = "client closed the connection"
 	default:
