@@ -166,7 +166,10 @@ func (a *acmeSource) start(ctx context.Context) {
 		case errors.Is(err, fs.ErrNotExist):
 			missing = append(missing, name)
 		default:
-			a.log.Error("stored certificate unusable; asking the CA for a new one", "name", name, "err", err)
+			// A damaged file (a full disk, a bad restore) would block
+			// certmagic for good: it obtains only when nothing is stored.
+			moved := a.setAside(ctx, name)
+			a.log.Error("stored certificate unusable; set aside, asking the CA for a new one", "name", name, "err", err, "moved", moved)
 			missing = append(missing, name)
 		}
 	}
@@ -182,6 +185,28 @@ func (a *acmeSource) start(ctx context.Context) {
 	for _, name := range missing {
 		a.wg.Go(func() { a.obtain(ctx, name) })
 	}
+}
+
+// setAside moves the stored certificate, key and metadata of name to
+// "<file>.unusable" so that a new certificate can be obtained, and returns
+// the keys it moved.
+func (a *acmeSource) setAside(ctx context.Context, name string) []string {
+	st, ik := a.magic.Storage, a.issuer.IssuerKey()
+	var moved []string
+	for _, key := range []string{certmagic.StorageKeys.SiteCert(ik, name), certmagic.StorageKeys.SitePrivateKey(ik, name), certmagic.StorageKeys.SiteMeta(ik, name)} {
+		b, err := st.Load(ctx, key)
+		if err != nil {
+			continue
+		}
+		if err := st.Store(ctx, key+".unusable", b); err != nil {
+			a.log.Error("could not set a damaged certificate file aside", "key", key, "err", err)
+			continue
+		}
+		if err := st.Delete(ctx, key); err == nil {
+			moved = append(moved, key)
+		}
+	}
+	return moved
 }
 
 // obtain asks the CA for a certificate for name until it gets one or ctx

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -296,5 +298,68 @@ func TestACMEValidationFails(t *testing.T) {
 	})
 	if m.Ready() {
 		t.Error("Ready although validation failed")
+	}
+}
+
+// TestACMEDamagedStorage: what a kill -9 in the middle of a renewal or a
+// full disk leaves behind (a stored certificate that no longer loads, the
+// issuance lock of the dead process) does not stop the next start: the
+// damaged files are set aside, the stale lock is taken over (RELIABILITY
+// C4), and a new certificate is obtained, with no hands.
+func TestACMEDamagedStorage(t *testing.T) {
+	const host = "mx.damaged.example.test"
+	dns := newDNSServer(t)
+	dns.Add(host, "A", "127.0.0.1")
+	httpLn := listen127(t)
+	p := newPebble(t, dns, pebbleOptions{httpPort: port(httpLn.Addr()), tlsPort: freePort(t)})
+	p.start()
+	cfg := acmeConfig(t, p, host)
+	cfg.HTTPListen, cfg.HTTPSListen = httpLn.Addr().String(), ""
+	log, _ := newLog(t)
+	m, err := New(cfg, Deps{Logger: log, HTTPListener: httpLn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "a certificate", m.Ready)
+	first, _ := m.Certificate()
+	m.Close()
+
+	crts, _ := filepath.Glob(filepath.Join(cfg.DataDir, "certificates", "certificates", "*", host, host+".crt"))
+	if len(crts) != 1 {
+		t.Fatalf("stored certificate not found: %v", crts)
+	}
+	if err := os.WriteFile(crts[0], []byte("-----BEGIN CERTIFICATE-----\ntruncated"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	lock := filepath.Join(cfg.DataDir, "certificates", "locks", "issue_cert_"+host+".lock")
+	stale := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339Nano)
+	if err := os.WriteFile(lock, []byte(`{"created":"`+stale+`","updated":"`+stale+`"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	log2, logs2 := newLog(t)
+	// cfg.HTTPListen is the port Pebble validates on, free again.
+	m2, err := New(cfg, Deps{Logger: log2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	if err := m2.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if logs2.count("stored certificate unusable; set aside") != 1 {
+		t.Error("the damaged certificate was not set aside")
+	}
+	if _, err := os.Stat(crts[0] + ".unusable"); err != nil {
+		t.Errorf("the damaged file was not kept: %v", err)
+	}
+	waitFor(t, 60*time.Second, "a new certificate", m2.Ready)
+	second, _ := m2.Certificate()
+	if second.SerialNumber.Cmp(first.SerialNumber) == 0 {
+		t.Error("still the old certificate")
 	}
 }

@@ -33,7 +33,9 @@
 // certmagic renews it in the background when a third of its lifetime is
 // left, and every handshake takes the live certificate, so a renewal needs
 // no restart. There is no on-demand issuance: a handshake with an unknown
-// name never starts an order.
+// name never starts an order. A stored certificate that no longer loads
+// (a full disk, a bad restore) is moved to "<file>.unusable" at start and
+// obtained again; a lock left by a killed process goes stale in seconds.
 //
 // # The mail ports
 //
