@@ -3,7 +3,7 @@
 //
 // # Modes
 //
-// The [tls] table picks one of three:
+// The mode key of the tls table picks one of three:
 //
 //   - acme (the default): certificates from an ACME CA, Let's Encrypt
 //     unless told otherwise, obtained and renewed by certmagic with its
