@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postie/postie/internal/testutil"
 )
 
 // TestACMEHTTP01 obtains a certificate from Pebble through HTTP-01 only
@@ -20,7 +22,7 @@ import (
 // CA gone serves the stored certificate at once.
 func TestACMEHTTP01(t *testing.T) {
 	const host = "mx.http01.example.test"
-	dns := newDNSServer(t)
+	dns := testutil.NewDNSServer(t)
 	dns.Add(host, "A", "127.0.0.1")
 	httpLn := listen127(t)
 	p := newPebble(t, dns, pebbleOptions{httpPort: port(httpLn.Addr()), tlsPort: freePort(t)})
@@ -132,7 +134,7 @@ func TestACMEHTTP01(t *testing.T) {
 // certificate on a live mail listener.
 func TestACMETLSALPN01(t *testing.T) {
 	const host, domain = "mx.alpn.example.test", "alpn.example.test"
-	dns := newDNSServer(t)
+	dns := testutil.NewDNSServer(t)
 	dns.Add(host, "A", "127.0.0.1")
 	dns.Add("mta-sts."+domain, "A", "127.0.0.1")
 	httpsLn := listen127(t)
@@ -216,7 +218,7 @@ func TestACMETLSALPN01(t *testing.T) {
 // same listener serves it.
 func TestACMEUnreachableCA(t *testing.T) {
 	const host = "mx.down.example.test"
-	dns := newDNSServer(t)
+	dns := testutil.NewDNSServer(t)
 	dns.Add(host, "A", "127.0.0.1")
 	httpLn := listen127(t)
 	p := newPebble(t, dns, pebbleOptions{httpPort: port(httpLn.Addr()), tlsPort: freePort(t)})
@@ -272,7 +274,7 @@ func TestACMEUnreachableCA(t *testing.T) {
 // that the name does not resolve.
 func TestACMEValidationFails(t *testing.T) {
 	const host, extra = "mx.fail.example.test", "autoconfig.fail.example.test"
-	dns := newDNSServer(t)
+	dns := testutil.NewDNSServer(t)
 	dns.Add(host, "A", "127.0.0.1") // extra has no record
 	// Pebble validates on a port where nothing listens: "port 80 closed".
 	p := newPebble(t, dns, pebbleOptions{httpPort: freePort(t), tlsPort: freePort(t)})
@@ -308,7 +310,7 @@ func TestACMEValidationFails(t *testing.T) {
 // C4), and a new certificate is obtained, with no hands.
 func TestACMEDamagedStorage(t *testing.T) {
 	const host = "mx.damaged.example.test"
-	dns := newDNSServer(t)
+	dns := testutil.NewDNSServer(t)
 	dns.Add(host, "A", "127.0.0.1")
 	httpLn := listen127(t)
 	p := newPebble(t, dns, pebbleOptions{httpPort: port(httpLn.Addr()), tlsPort: freePort(t)})

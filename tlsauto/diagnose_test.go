@@ -12,12 +12,14 @@ import (
 	"testing"
 
 	"github.com/mholt/acmez/v3/acme"
+
+	"github.com/postie/postie/internal/testutil"
 )
 
 // TestDiagnose maps the errors certmagic returns to what the owner should
 // do, for the cases the Pebble tests cannot produce.
 func TestDiagnose(t *testing.T) {
-	dns := newDNSServer(t)
+	dns := testutil.NewDNSServer(t)
 	dns.Add("mail.example.com", "A", "192.0.2.7")
 	cfg := validACME()
 	cfg.DataDir = t.TempDir()

@@ -9,13 +9,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/postie/postie/internal/testutil"
 )
 
 // logBuffer collects a Manager's log for assertions, and prints it when
@@ -223,36 +220,3 @@ func listen127(t testing.TB) net.Listener {
 }
 
 func port(a net.Addr) int { return a.(*net.TCPAddr).Port }
-
-// newDNSServer is testutil.NewDNSServer, tried again a few times when it
-// fails. testutil binds TCP on the port the kernel picked for UDP, and on
-// a busy machine that port is often held by a client socket in TIME-WAIT
-// ("bind: address already in use"); see the report to the lead.
-func newDNSServer(t testing.TB) *testutil.DNSServer {
-	t.Helper()
-	for range 20 {
-		try := &tryTB{TB: t}
-		var s *testutil.DNSServer
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			s = testutil.NewDNSServer(try)
-		}()
-		<-done
-		if !try.failed {
-			return s
-		}
-	}
-	t.Fatal("could not start the test DNS server")
-	return nil
-}
-
-// tryTB turns Fatal into an early exit of the calling goroutine that the
-// caller can see, instead of failing the test.
-type tryTB struct {
-	testing.TB
-	failed bool
-}
-
-func (t *tryTB) Fatal(args ...any)                 { t.failed = true; runtime.Goexit() }
-func (t *tryTB) Fatalf(format string, args ...any) { t.failed = true; runtime.Goexit() }
