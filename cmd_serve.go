@@ -76,13 +76,21 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 	}
 	defer ctl.Close()
 
+	// One resolver for every lookup; "postie local" has no network.
+	dns := resolver.Offline()
+	if !cfg.local {
+		if dns, err = resolver.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()); err != nil {
+			return err
+		}
+	}
+
 	var web http.Handler
 	if cfg.Autoconfig.Enabled {
 		ac := autoconfig.New(cfg.Hostname, pop3sPort(cfg), cfg.Domains)
 		cfg.TLS.ExtraNames = append(cfg.TLS.ExtraNames, ac.Names()...)
 		web = ac
 	}
-	tlsm, err := tlsauto.New(cfg.TLS, tlsauto.Deps{Logger: log.With("part", "tls"), Web: web})
+	tlsm, err := tlsauto.New(cfg.TLS, tlsauto.Deps{Logger: log.With("part", "tls"), Web: web, Resolver: dns})
 	if err != nil {
 		return err
 	}
@@ -91,12 +99,6 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 	}
 	defer tlsm.Close()
 
-	var dns smtpin.Resolver
-	if cfg.local {
-		dns = resolver.Offline()
-	} else if dns, err = resolver.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()); err != nil {
-		return err
-	}
 	smtp, err := smtpin.New(cfg.SMTP, smtpin.Deps{Store: store, Resolver: dns, TLS: tlsm.TLSConfig(), TLSReady: tlsm.Ready, Logger: log.With("part", "smtp")})
 	if err != nil {
 		return err
