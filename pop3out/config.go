@@ -95,7 +95,7 @@ func DefaultConfig() Config {
 		MaxAuthFailures:        3,
 		MaxConnections:         100,
 		MaxConnectionsPerIP:    10,
-		AuthDuration:           units.Duration(200 * time.Millisecond),
+		AuthDuration:           units.Duration(100 * time.Millisecond),
 		FailedLoginDelay:       units.Duration(2 * time.Second),
 		FailedLoginDelayMax:    units.Duration(15 * time.Second),
 		FailedLoginForget:      units.Duration(10 * time.Minute),
