@@ -366,3 +366,24 @@ func TestDeviceLoginAndSessionLog(t *testing.T) {
 	c.login(alice, password)
 	c.cmd("+OK 3 152", "STAT")
 }
+
+// Store failures are [SYS/TEMP] (RFC 3206), never [AUTH]: a client must
+// not take a server fault for a wrong password.
+func TestStoreFailures(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	c := e.dial()
+	c.expect("+OK ")
+	c.login(alice, password)
+	if err := e.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c.cmd("-ERR [SYS/TEMP] the mail store is not available; try again later", "RETR 1")
+	c.cmd("-ERR [SYS/TEMP] the mail store is not available; try again later", "TOP 1 0")
+	c.cmd("+OK 3 152", "STAT") // the snapshot is still there
+
+	d := e.dial()
+	d.expect("+OK ")
+	d.cmd("+OK send PASS", "USER %s", alice)
+	d.cmd("-ERR [SYS/TEMP] the mail store is not available; try again later", "PASS %s", password)
+	e.waitLog("pop3 login: the spool failed")
+}

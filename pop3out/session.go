@@ -115,8 +115,8 @@ func newSession(srv *Server, c net.Conn, implicitTLS bool) *session {
 // writes, both capped by the session's end.
 type sessionIO struct{ s *session }
 
-func (io sessionIO) Read(p []byte) (int, error) {
-	s := io.s
+func (sio sessionIO) Read(p []byte) (int, error) {
+	s := sio.s
 	d := time.Now().Add(s.st.cfg.IdleTimeout.D())
 	if s.state == stateAuthorization && s.loginDeadline.Before(d) {
 		d = s.loginDeadline
@@ -130,8 +130,8 @@ func (io sessionIO) Read(p []byte) (int, error) {
 	return s.conn.Read(p)
 }
 
-func (io sessionIO) Write(p []byte) (int, error) {
-	s := io.s
+func (sio sessionIO) Write(p []byte) (int, error) {
+	s := sio.s
 	d := time.Now().Add(s.st.cfg.WriteTimeout.D())
 	if s.sessionDeadline.Before(d) {
 		d = s.sessionDeadline
