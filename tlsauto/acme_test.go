@@ -25,8 +25,8 @@ func TestACMEHTTP01(t *testing.T) {
 	dns := testutil.NewDNSServer(t)
 	dns.Add(host, "A", "127.0.0.1")
 	httpLn := listen127(t)
-	p := newPebble(t, dns, pebbleOptions{httpPort: port(httpLn.Addr()), tlsPort: freePort(t)})
-	p.start()
+	p := testutil.NewPebble(t, dns, testutil.PebbleOptions{HTTPPort: port(httpLn.Addr()), TLSPort: testutil.FreePort(t)})
+	p.Start()
 
 	cfg := acmeConfig(t, p, host)
 	cfg.ACMEEmail = "owner@example.org"
@@ -44,12 +44,12 @@ func TestACMEHTTP01(t *testing.T) {
 	if err := m.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, "a certificate", m.Ready)
+	testutil.WaitFor(t, 60*time.Second, "a certificate", m.Ready)
 
 	if n := logs.count("answered an ACME HTTP-01 challenge", "name="+host); n == 0 {
 		t.Error("no HTTP-01 challenge was answered by our HTTP listener")
 	}
-	roots := p.roots()
+	roots := p.Roots()
 	withSNI, err := dialTLS(mail.addr, host, roots, host, nil)
 	if err != nil {
 		t.Fatalf("handshake with SNI, verified against Pebble's root: %v", err)
@@ -71,7 +71,7 @@ func TestACMEHTTP01(t *testing.T) {
 
 	// A stranger's SNI gets the host's certificate and starts no order
 	// (RELIABILITY C5).
-	orders := p.orders()
+	orders := p.Orders()
 	other, err := dialTLS(mail.addr, "random-name.example.test", roots, host, nil)
 	if err != nil {
 		t.Fatalf("handshake with another SNI: %v", err)
@@ -79,8 +79,8 @@ func TestACMEHTTP01(t *testing.T) {
 	if other.leaf.SerialNumber.Cmp(withSNI.leaf.SerialNumber) != 0 {
 		t.Error("another SNI got another certificate")
 	}
-	if p.orders() != orders {
-		t.Errorf("a handshake started an ACME order (%d -> %d)", orders, p.orders())
+	if p.Orders() != orders {
+		t.Errorf("a handshake started an ACME order (%d -> %d)", orders, p.Orders())
 	}
 
 	// The HTTP listener answers nothing but challenges for our names.
@@ -104,7 +104,7 @@ func TestACMEHTTP01(t *testing.T) {
 	// Restart on the same data directory with the CA gone: the stored
 	// certificate is served as soon as Start returns, and no order is made.
 	m.Close()
-	p.stop()
+	p.Stop()
 	log2, _ := newLog(t)
 	cfg.HTTPListen = "127.0.0.1:0"
 	m2, err := New(cfg, Deps{Logger: log2, Resolver: dns.Resolver()})
@@ -139,8 +139,8 @@ func TestACMETLSALPN01(t *testing.T) {
 	dns.Add("mta-sts."+domain, "A", "127.0.0.1")
 	httpsLn := listen127(t)
 	// Certificates live 30 seconds; renewal starts at half their life.
-	p := newPebble(t, dns, pebbleOptions{httpPort: freePort(t), tlsPort: port(httpsLn.Addr()), validity: 30})
-	p.start()
+	p := testutil.NewPebble(t, dns, testutil.PebbleOptions{HTTPPort: testutil.FreePort(t), TLSPort: port(httpsLn.Addr()), Validity: 30})
+	p.Start()
 
 	cfg := acmeConfig(t, p, host)
 	cfg.Domains = []string{domain}
@@ -162,11 +162,11 @@ func TestACMETLSALPN01(t *testing.T) {
 	if err := m.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, "a certificate", m.Ready)
+	testutil.WaitFor(t, 60*time.Second, "a certificate", m.Ready)
 	if logs.count("tls-alpn-01", "served key authentication certificate") == 0 {
 		t.Error("no TLS-ALPN-01 challenge was answered by our HTTPS listener")
 	}
-	roots := p.roots()
+	roots := p.Roots()
 	first, err := dialTLS(mail.addr, "", roots, host, nil)
 	if err != nil {
 		t.Fatalf("handshake without SNI, verified against Pebble's root: %v", err)
@@ -174,7 +174,7 @@ func TestACMETLSALPN01(t *testing.T) {
 
 	// The MTA-STS policy, fetched as a sender does: HTTPS to
 	// mta-sts.<domain>, the certificate checked against the CA.
-	waitFor(t, 60*time.Second, "the mta-sts certificate", func() bool {
+	testutil.WaitFor(t, 60*time.Second, "the mta-sts certificate", func() bool {
 		_, err := dialTLS(httpsLn.Addr().String(), "mta-sts."+domain, roots, "mta-sts."+domain, nil)
 		return err == nil
 	})
@@ -197,16 +197,16 @@ func TestACMETLSALPN01(t *testing.T) {
 
 	// The HTTPS listener has no certificate for a stranger's name and
 	// starts no order for it.
-	orders := p.orders()
+	orders := p.Orders()
 	if _, err := dialTLS(httpsLn.Addr().String(), "stranger.example.test", nil, "", nil); err == nil {
 		t.Error("HTTPS handshake for an unknown name succeeded")
 	}
-	if p.orders() != orders {
-		t.Errorf("a handshake started an ACME order (%d -> %d)", orders, p.orders())
+	if p.Orders() != orders {
+		t.Errorf("a handshake started an ACME order (%d -> %d)", orders, p.Orders())
 	}
 
 	// Renewal: the live listener serves the new certificate, no restart.
-	waitFor(t, 90*time.Second, "a renewed certificate on the live listener", func() bool {
+	testutil.WaitFor(t, 90*time.Second, "a renewed certificate on the live listener", func() bool {
 		r, err := dialTLS(mail.addr, host, roots, host, nil)
 		return err == nil && r.leaf.SerialNumber.Cmp(first.leaf.SerialNumber) != 0
 	})
@@ -221,7 +221,7 @@ func TestACMEUnreachableCA(t *testing.T) {
 	dns := testutil.NewDNSServer(t)
 	dns.Add(host, "A", "127.0.0.1")
 	httpLn := listen127(t)
-	p := newPebble(t, dns, pebbleOptions{httpPort: port(httpLn.Addr()), tlsPort: freePort(t)})
+	p := testutil.NewPebble(t, dns, testutil.PebbleOptions{HTTPPort: port(httpLn.Addr()), TLSPort: testutil.FreePort(t)})
 	// Pebble is not started yet: its port refuses connections.
 
 	cfg := acmeConfig(t, p, host)
@@ -244,7 +244,7 @@ func TestACMEUnreachableCA(t *testing.T) {
 		t.Fatal("Start blocks while the CA is unreachable")
 	}
 
-	waitFor(t, 30*time.Second, "two failed attempts in the log", func() bool {
+	testutil.WaitFor(t, 30*time.Second, "two failed attempts in the log", func() bool {
 		return logs.count("could not get a certificate", "cannot be reached") >= 2
 	})
 	if m.Ready() {
@@ -257,14 +257,14 @@ func TestACMEUnreachableCA(t *testing.T) {
 	if err == nil {
 		t.Fatal("a handshake succeeded without a certificate")
 	}
-	waitFor(t, 5*time.Second, "the server side of the failed handshake", func() bool { return len(mail.handshakeErrors()) > 0 })
+	testutil.WaitFor(t, 5*time.Second, "the server side of the failed handshake", func() bool { return len(mail.handshakeErrors()) > 0 })
 	if errs := mail.handshakeErrors(); !strings.Contains(fmt.Sprint(errs), errNoCertificate.Error()) {
 		t.Errorf("server handshake errors %v; want %q", errs, errNoCertificate)
 	}
 
-	p.start()
-	waitFor(t, 60*time.Second, "a certificate once the CA is back", m.Ready)
-	if _, err := dialTLS(mail.addr, host, p.roots(), host, nil); err != nil {
+	p.Start()
+	testutil.WaitFor(t, 60*time.Second, "a certificate once the CA is back", m.Ready)
+	if _, err := dialTLS(mail.addr, host, p.Roots(), host, nil); err != nil {
 		t.Fatalf("the listener started before the certificate does not serve it: %v", err)
 	}
 }
@@ -277,8 +277,8 @@ func TestACMEValidationFails(t *testing.T) {
 	dns := testutil.NewDNSServer(t)
 	dns.Add(host, "A", "127.0.0.1") // extra has no record
 	// Pebble validates on a port where nothing listens: "port 80 closed".
-	p := newPebble(t, dns, pebbleOptions{httpPort: freePort(t), tlsPort: freePort(t)})
-	p.start()
+	p := testutil.NewPebble(t, dns, testutil.PebbleOptions{HTTPPort: testutil.FreePort(t), TLSPort: testutil.FreePort(t)})
+	p.Start()
 
 	cfg := acmeConfig(t, p, host)
 	cfg.HTTPListen, cfg.HTTPSListen = "127.0.0.1:0", ""
@@ -292,10 +292,10 @@ func TestACMEValidationFails(t *testing.T) {
 	if err := m.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, "the diagnosis for the host", func() bool {
+	testutil.WaitFor(t, 60*time.Second, "the diagnosis for the host", func() bool {
 		return logs.count("could not get a certificate", "name="+host, "resolves to 127.0.0.1", "port 80 (HTTP-01)", "open to the internet") == 1
 	})
-	waitFor(t, 60*time.Second, "the diagnosis for the name without DNS", func() bool {
+	testutil.WaitFor(t, 60*time.Second, "the diagnosis for the name without DNS", func() bool {
 		return logs.count("could not get a certificate", "name="+extra, extra+" does not resolve", "publish A (and AAAA) records") == 1
 	})
 	if m.Ready() {
@@ -313,8 +313,8 @@ func TestACMEDamagedStorage(t *testing.T) {
 	dns := testutil.NewDNSServer(t)
 	dns.Add(host, "A", "127.0.0.1")
 	httpLn := listen127(t)
-	p := newPebble(t, dns, pebbleOptions{httpPort: port(httpLn.Addr()), tlsPort: freePort(t)})
-	p.start()
+	p := testutil.NewPebble(t, dns, testutil.PebbleOptions{HTTPPort: port(httpLn.Addr()), TLSPort: testutil.FreePort(t)})
+	p.Start()
 	cfg := acmeConfig(t, p, host)
 	cfg.HTTPListen, cfg.HTTPSListen = httpLn.Addr().String(), ""
 	log, _ := newLog(t)
@@ -325,7 +325,7 @@ func TestACMEDamagedStorage(t *testing.T) {
 	if err := m.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, "a certificate", m.Ready)
+	testutil.WaitFor(t, 60*time.Second, "a certificate", m.Ready)
 	first, _ := m.Certificate()
 	m.Close()
 
@@ -359,7 +359,7 @@ func TestACMEDamagedStorage(t *testing.T) {
 	if _, err := os.Stat(crts[0] + ".unusable"); err != nil {
 		t.Errorf("the damaged file was not kept: %v", err)
 	}
-	waitFor(t, 60*time.Second, "a new certificate", m2.Ready)
+	testutil.WaitFor(t, 60*time.Second, "a new certificate", m2.Ready)
 	second, _ := m2.Certificate()
 	if second.SerialNumber.Cmp(first.SerialNumber) == 0 {
 		t.Error("still the old certificate")

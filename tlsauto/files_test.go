@@ -79,7 +79,7 @@ func TestFilesReload(t *testing.T) {
 
 	second := ca.Issue(t, "mx.example.test")
 	writePair(t, certFile, keyFile, second)
-	waitFor(t, 10*time.Second, "the new pair on the live listener", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the new pair on the live listener", func() bool {
 		return serial().Cmp(second.Leaf.SerialNumber) == 0
 	})
 
@@ -107,7 +107,7 @@ func TestFilesReload(t *testing.T) {
 		if b.key != nil {
 			os.WriteFile(keyFile, b.key, 0o600)
 		}
-		waitFor(t, 10*time.Second, "the log about "+b.name, func() bool { return logs.count("do not load") > before })
+		testutil.WaitFor(t, 10*time.Second, "the log about "+b.name, func() bool { return logs.count("do not load") > before })
 		if got := serial(); got.Cmp(second.Leaf.SerialNumber) != 0 {
 			t.Fatalf("case %d (%s): serving %x, want the previous %x", i, b.name, got, second.Leaf.SerialNumber)
 		}
@@ -116,7 +116,7 @@ func TestFilesReload(t *testing.T) {
 		}
 		// Back to a good pair before the next case.
 		writePair(t, certFile, keyFile, second)
-		waitFor(t, 10*time.Second, "the good pair again", func() bool {
+		testutil.WaitFor(t, 10*time.Second, "the good pair again", func() bool {
 			return logs.count("certificate loaded", "serial="+second.Leaf.SerialNumber.Text(16)) >= i+2
 		})
 	}
@@ -124,7 +124,7 @@ func TestFilesReload(t *testing.T) {
 	// A certificate that does not name the host is served, with a warning.
 	stranger := ca.Issue(t, "elsewhere.example.test")
 	writePair(t, certFile, keyFile, stranger)
-	waitFor(t, 10*time.Second, "the warning about the names", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the warning about the names", func() bool {
 		return logs.count("does not cover a name", "name=mx.example.test") > 0
 	})
 }

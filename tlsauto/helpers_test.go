@@ -60,18 +60,6 @@ func (l *logBuffer) count(subs ...string) int {
 	return n
 }
 
-// waitFor polls until cond holds, failing the test after deadline.
-func waitFor(t testing.TB, deadline time.Duration, what string, cond func() bool) {
-	t.Helper()
-	end := time.Now().Add(deadline)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("gave up after %s waiting for %s", deadline, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // mailListener serves the Manager's mail TLS config on 127.0.0.1, as
 // POP3S would: each connection completes the handshake and gets a line
 // naming the SNI it sent, and its handshake error is recorded.
@@ -196,17 +184,6 @@ func readLine(r io.Reader) (string, error) {
 		}
 	}
 	return string(b), nil
-}
-
-// freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // listen127 opens a listener on 127.0.0.1 and a free port.

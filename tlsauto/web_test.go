@@ -178,7 +178,7 @@ func TestWebLimits(t *testing.T) {
 		defer c.Close()
 		open = append(open, c)
 	}
-	waitFor(t, 5*time.Second, "two connections counted", func() bool {
+	testutil.WaitFor(t, 5*time.Second, "two connections counted", func() bool {
 		// The cap counts accepted connections; give the accept loop a moment.
 		third, err := net.Dial("tcp", addr)
 		if err != nil {
