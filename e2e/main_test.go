@@ -330,3 +330,14 @@ func port(addr string) string {
 	_, p, _ := net.SplitHostPort(addr)
 	return p
 }
+
+// runErr runs a program and returns its error, for checks that expect a
+// failure.
+func runErr(dir, name string, args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	cmd.Stdin = strings.NewReader("QUIT\r\n")
+	return cmd.Run()
+}

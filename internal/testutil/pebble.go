@@ -140,8 +140,9 @@ func (p *Pebble) Stop() {
 	<-done
 }
 
-// Roots returns Pebble's issuing root, from its management interface.
-func (p *Pebble) Roots() *x509.CertPool {
+// RootPEM returns Pebble's issuing root as PEM, from its management
+// interface.
+func (p *Pebble) RootPEM() []byte {
 	p.t.Helper()
 	resp, err := p.client.Get("https://" + p.mgmt + "/roots/0")
 	if err != nil {
@@ -152,6 +153,13 @@ func (p *Pebble) Roots() *x509.CertPool {
 	if err != nil {
 		p.t.Fatal(err)
 	}
+	return b
+}
+
+// Roots returns a pool holding Pebble's issuing root.
+func (p *Pebble) Roots() *x509.CertPool {
+	p.t.Helper()
+	b := p.RootPEM()
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(b) {
 		p.t.Fatalf("no root from pebble: %q", b)
