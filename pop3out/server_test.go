@@ -387,3 +387,28 @@ func TestStoreFailures(t *testing.T) {
 	d.cmd("-ERR [SYS/TEMP] the mail store is not available; try again later", "PASS %s", password)
 	e.waitLog("pop3 login: the spool failed")
 }
+
+// After a failure the next login from the same network waits out the
+// penalty before its password is even checked. With an hour's penalty the
+// answer cannot come within the half second this test waits; Shutdown
+// then ends the wait.
+func TestPenaltyDelaysNextLogin(t *testing.T) {
+	e := newEnv(t, envOptions{config: func(c *Config) {
+		c.FailedLoginDelay = units.Duration(time.Hour)
+		c.FailedLoginDelayMax = units.Duration(time.Hour)
+	}})
+	c := e.dial()
+	c.expect("+OK ")
+	c.cmd("+OK send PASS", "USER %s", alice)
+	c.cmd("-ERR [AUTH]", "PASS wrong")
+	c.cmd("+OK send PASS", "USER %s", alice)
+	c.send("PASS %s", password) // the right one, but it has to wait
+	c.conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if l, err := c.r.ReadString('\n'); err == nil {
+		t.Fatalf("answered %q at once despite the penalty", l)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	e.srv.Shutdown(ctx)
+	c.expectClosed()
+}
