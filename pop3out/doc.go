@@ -42,9 +42,14 @@
 // same account, wait longer (internal/penalty), every password check takes
 // the same padded time, and an unknown user and a wrong password look the
 // same on the wire. Every failure is logged at Warn with the client's
-// address, in one stable format:
+// address, in one stable format (here with slog's text handler, and the
+// part=pop3 that main adds):
 //
-//	level=WARN msg="pop3 login failed" ip=192.0.2.7 user=alice@example.org reason=...
+//	level=WARN msg="pop3 login failed" part=pop3 conn=12 ip=192.0.2.7 proto=pop3 user=alice@example.org reason="wrong user name or password" tls=true failures=1
+//
+// which a fail2ban filter matches with
+//
+//	failregex = msg="pop3 login failed" .* ip=<HOST> proto=pop3
 //
 // Anything a client pipelines after STLS is discarded before the TLS
 // handshake (the CVE-2011-0411 family).
