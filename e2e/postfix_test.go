@@ -192,9 +192,9 @@ func TestPostfixDKIMToRealClients(t *testing.T) {
 
 	// Fetch each copy with a different client.
 	got := map[string][]byte{
-		"fetchmail": fetchmail(t, s, accounts[0]),
-		"getmail":   getmail(t, s, accounts[1]),
-		"mpop":      mpop(t, s, accounts[2]),
+		"fetchmail": onlyOne(t, "fetchmail", fetchmail(t, s, accounts[0], password)),
+		"getmail":   onlyOne(t, "getmail", getmail(t, s, accounts[1], password)),
+		"mpop":      onlyOne(t, "mpop", mpop(t, s, accounts[2], password)),
 	}
 	signedLF := strings.ReplaceAll(signed, "\r\n", "\n")
 	for client, msg := range got {
@@ -252,8 +252,8 @@ func TestPostfixDKIMToRealClients(t *testing.T) {
 }
 
 // fetchmail fetches all of addr's mail over POP3S and deletes it; it
-// returns the one message it got.
-func fetchmail(t *testing.T, s *server, addr string) []byte {
+// returns the messages it got.
+func fetchmail(t *testing.T, s *server, addr, pass string) [][]byte {
 	t.Helper()
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
@@ -266,15 +266,20 @@ poll 127.0.0.1 with proto POP3 port %s
   user "%s" there with password "%s"
   options ssl sslcertck sslcommonname "%s" sslcertfile "%s" fetchall no keep no rewrite no stripcr
   mda "%s"
-`, port(s.pop3s), addr, password, hostname, s.caFile, mda)
+`, port(s.pop3s), addr, pass, hostname, s.caFile, mda)
 	rcFile := filepath.Join(dir, "fetchmailrc")
 	os.WriteFile(rcFile, []byte(rc), 0o600)
-	run(t, dir, []string{"HOME=" + dir, "FETCHMAILHOME=" + dir}, nil, "fetchmail", "--fetchmailrc", rcFile, "--nodetach", "--nosyslog")
-	return onlyFile(t, "fetchmail", out)
+	// fetchmail exits 1 when there is no mail: that is an answer here.
+	cmd := exec.Command(tool(t, "fetchmail"), "--fetchmailrc", rcFile, "--nodetach", "--nosyslog")
+	cmd.Dir, cmd.Env = dir, append(os.Environ(), "HOME="+dir, "FETCHMAILHOME="+dir)
+	if outb, err := cmd.CombinedOutput(); err != nil && !strings.Contains(string(outb), "No mail for") {
+		t.Fatalf("fetchmail: %v\n%s", err, outb)
+	}
+	return files(out)
 }
 
 // getmail fetches addr's mail into a Maildir over POP3S and deletes it.
-func getmail(t *testing.T, s *server, addr string) []byte {
+func getmail(t *testing.T, s *server, addr, pass string) [][]byte {
 	t.Helper()
 	dir := t.TempDir()
 	md := filepath.Join(dir, "Maildir")
@@ -314,19 +319,25 @@ delete = true
 read_all = true
 delivered_to = false
 received = false
-`, port(s.pop3s), addr, password, s.caFile, md, asUser)
+`, port(s.pop3s), addr, pass, s.caFile, md, asUser)
 	rcFile := filepath.Join(dir, "getmailrc")
 	os.WriteFile(rcFile, []byte(rc), 0o600)
 	run(t, dir, []string{"HOME=" + dir}, nil, "getmail", "--getmaildir", dir, "--rcfile", rcFile, "--quiet")
-	return onlyFile(t, "getmail", md)
+	return files(md)
 }
 
 // mpop fetches addr's mail over the plaintext port with STLS into a
 // Maildir and deletes it.
-func mpop(t *testing.T, s *server, addr string) []byte {
+func mpop(t *testing.T, s *server, addr, pass string) [][]byte {
 	t.Helper()
-	dir := t.TempDir()
+	return mpopIn(t, s, t.TempDir(), addr, pass)
+}
+
+// mpopIn is mpop with its state (the UIDL file) kept in dir across runs.
+func mpopIn(t *testing.T, s *server, dir, addr, pass string) [][]byte {
+	t.Helper()
 	md := filepath.Join(dir, "Maildir")
+	os.RemoveAll(md)
 	for _, sub := range []string{"cur", "new", "tmp"} {
 		os.MkdirAll(filepath.Join(md, sub), 0o700)
 	}
@@ -345,26 +356,31 @@ delivery maildir %s
 keep off
 received_header off
 uidls_file %s
-`, port(s.pop3), addr, password, s.caFile, hostname, md, filepath.Join(dir, "uidls"))
+`, port(s.pop3), addr, pass, s.caFile, hostname, md, filepath.Join(dir, "uidls"))
 	cfgFile := filepath.Join(dir, "mpoprc")
 	os.WriteFile(cfgFile, []byte(cfg), 0o600)
 	run(t, dir, []string{"HOME=" + dir}, nil, "mpop", "--file="+cfgFile, "--quiet", "postie")
-	return onlyFile(t, "mpop", md)
+	return files(md)
 }
 
-// onlyFile returns the one regular file under dir.
-func onlyFile(t *testing.T, client, dir string) []byte {
-	t.Helper()
-	var files [][]byte
+// files returns the contents of the regular files under dir.
+func files(dir string) [][]byte {
+	var out [][]byte
 	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && !strings.HasSuffix(p, "uidls") {
+		if err == nil && !d.IsDir() {
 			b, _ := os.ReadFile(p)
-			files = append(files, b)
+			out = append(out, b)
 		}
 		return nil
 	})
-	if len(files) != 1 {
-		t.Fatalf("%s stored %d messages, want 1", client, len(files))
+	return out
+}
+
+// onlyOne returns the one message a client stored.
+func onlyOne(t *testing.T, client string, msgs [][]byte) []byte {
+	t.Helper()
+	if len(msgs) != 1 {
+		t.Fatalf("%s stored %d messages, want 1", client, len(msgs))
 	}
-	return bytes.Clone(files[0])
+	return bytes.Clone(msgs[0])
 }
