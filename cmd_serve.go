@@ -70,6 +70,13 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 		return fmt.Errorf("the spool %s fails verification (%d problems, first: %v); refusing to serve it. Restore a backup, or see README.md (Recovery)", opts.Path, len(problems), problems[0])
 	}
 
+	// Metrics are collected only when they are served.
+	var mon *metrics.Metrics
+	if cfg.Metrics.Listen != "" {
+		mon = metrics.New()
+		mon.Register(metrics.NewSpoolCollector(store, cfg.Watchdog.FetchOverdue.D()))
+	}
+
 	ctl, err := control.Listen(filepath.Join(cfg.DataDir, control.SocketName), store, log.With("part", "control"))
 	if err != nil {
 		return err
@@ -98,12 +105,13 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 		return err
 	}
 	defer tlsm.Close()
+	mon.Register(metrics.NewCertCollector(tlsm.Certificate))
 
 	smtp, err := smtpin.New(cfg.SMTP, smtpin.Deps{Store: store, Resolver: dns, TLS: tlsm.TLSConfig(), TLSReady: tlsm.Ready, Logger: log.With("part", "smtp")})
 	if err != nil {
 		return err
 	}
-	pop, err := pop3out.New(cfg.POP3, pop3out.Deps{Store: store, TLS: tlsm.TLSConfig(), TLSReady: tlsm.Ready, Logger: log.With("part", "pop3")})
+	pop, err := pop3out.New(cfg.POP3, pop3out.Deps{Store: store, TLS: tlsm.TLSConfig(), TLSReady: tlsm.Ready, Logger: log.With("part", "pop3"), Metrics: mon})
 	if err != nil {
 		return err
 	}
@@ -149,11 +157,7 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 		}()
 	}
 
-	var mon *metrics.Metrics
-	if cfg.Metrics.Listen != "" {
-		mon = metrics.New()
-		mon.Register(metrics.NewSpoolCollector(store, cfg.Watchdog.FetchOverdue.D()))
-		mon.Register(metrics.NewCertCollector(tlsm.Certificate))
+	if mon != nil {
 		ml, err := net.Listen("tcp", cfg.Metrics.Listen)
 		if err != nil {
 			return fmt.Errorf("metrics: %w", err)
