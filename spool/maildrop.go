@@ -311,11 +311,16 @@ type messageReader struct {
 	next   uint32 // next chunk index to read
 	remain int64  // bytes not yet copied out of the store
 	buf    []byte
+	pooled *[]byte // buf's pool slot, if it came from the pool
 	off    int
 }
 
 // readBatch is how much a reader copies out of one read transaction.
 const readBatch = 256 << 10
+
+// smallRead is the size up to which a message is read into a buffer of its
+// own size; larger ones borrow a pooled readBatch buffer.
+const smallRead = 16 << 10
 
 func (s *Store) openMessage(id uint64, size int64) (*messageReader, error) {
 	r := &messageReader{s: s, id: id, remain: size}
@@ -381,7 +386,12 @@ func (r *messageReader) WriteTo(w io.Writer) (int64, error) {
 // fill copies the next chunks out of one short read transaction.
 func (r *messageReader) fill() error {
 	if r.buf == nil {
-		r.buf = make([]byte, 0, min(int64(readBatch+r.s.opts.ChunkSize), r.remain))
+		if r.remain > int64(smallRead) {
+			r.pooled = r.s.readPool.Get().(*[]byte)
+			r.buf = *r.pooled
+		} else {
+			r.buf = make([]byte, 0, r.remain)
+		}
 	}
 	r.buf, r.off = r.buf[:0], 0
 	err := r.s.view(func(tx *bbolt.Tx) error {
@@ -408,8 +418,13 @@ func (r *messageReader) fill() error {
 	return nil
 }
 
-// Close implements io.Closer.
+// Close implements io.Closer; it gives the read buffer back.
 func (r *messageReader) Close() error {
+	if r.pooled != nil {
+		*r.pooled = r.buf[:0]
+		r.s.readPool.Put(r.pooled)
+		r.pooled = nil
+	}
 	r.buf = nil
 	r.remain = 0
 	return nil

@@ -91,7 +91,9 @@ func (s *Store) Export(ctx context.Context, addr string, w io.Writer) (int, erro
 		if err != nil {
 			return n, fmt.Errorf("spool: export message %d: %w", it.id, err)
 		}
-		if err := writeMboxrd(bw, r); err != nil {
+		err = writeMboxrd(bw, r)
+		r.Close()
+		if err != nil {
 			return n, fmt.Errorf("spool: export message %d: %w", it.id, err)
 		}
 		bw.WriteByte('\n')

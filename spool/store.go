@@ -171,6 +171,7 @@ type Store struct {
 	dummyHash string
 
 	chunkPool sync.Pool
+	readPool  sync.Pool // *[]byte of readBatch+ChunkSize capacity, for messageReader
 }
 
 // Open opens or creates the spool file at opts.Path. It fails at once with
@@ -212,6 +213,7 @@ func Open(opts Options) (*Store, error) {
 		hashSem: make(chan struct{}, max(2, hashConcurrency())),
 	}
 	s.chunkPool.New = func() any { b := make([]byte, 0, opts.ChunkSize); return &b }
+	s.readPool.New = func() any { b := make([]byte, 0, readBatch+opts.ChunkSize); return &b }
 	if err := s.initialize(); err != nil {
 		db.Close()
 		return nil, err
