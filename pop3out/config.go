@@ -47,8 +47,8 @@ type Config struct {
 	// ends after that many.
 	MaxAuthFailures int `toml:"max_auth_failures"`
 	// MaxConnections and MaxConnectionsPerIP bound the concurrent
-	// connections of each listening address, in total and per client
-	// address (an IPv6 client counts by its /64). A connection over a
+	// connections of the POP3 service, over all its listening addresses,
+	// in total and per client address (an IPv6 client counts by its /64). A connection over a
 	// limit gets "-ERR [SYS/TEMP] too many connections" (on the plaintext
 	// port; the TLS port just closes it).
 	MaxConnections      int `toml:"max_connections"`

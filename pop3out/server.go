@@ -47,6 +47,7 @@ type Server struct {
 	tls      *tls.Config // deps.TLS with the POP3 ALPN; nil without TLS
 	notReady *tls.Config // fails every handshake: no certificate yet
 	penalty  *penalty.Table
+	conns    *connlimit.Limiter // one total across every listener
 
 	settings atomic.Pointer[settings]
 
@@ -123,6 +124,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		listeners:  map[net.Listener]struct{}{},
 		sessions:   map[*session]struct{}{},
 		lastLogins: map[spool.Login]time.Time{},
+		conns:      connlimit.NewLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
 		penalty: penalty.New(penalty.Config{
 			Base:   cfg.FailedLoginDelay.D(),
 			Max:    cfg.FailedLoginDelayMax.D(),
@@ -172,7 +174,6 @@ func (s *Server) ServeTLS(l net.Listener) error {
 }
 
 func (s *Server) serve(l net.Listener, implicitTLS bool) error {
-	st := s.settings.Load()
 	var reject connlimit.Rejecter
 	if !implicitTLS {
 		reject = func(c net.Conn, perClient bool) {
@@ -185,7 +186,7 @@ func (s *Server) serve(l net.Listener, implicitTLS bool) error {
 			s.log.Warn("pop3 connection refused: too many connections", "ip", remoteIP(c.RemoteAddr()).String(), "per_client", perClient, "tls", true)
 		}
 	}
-	ll := connlimit.New(l, st.cfg.MaxConnections, st.cfg.MaxConnectionsPerIP, reject)
+	ll := s.conns.Listen(l, reject)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()

@@ -19,21 +19,71 @@ import (
 // goroutine and must bound its own time (a write deadline).
 type Rejecter func(c net.Conn, perClient bool)
 
-// Listener wraps a net.Listener with connection limits.
-type Listener struct {
-	net.Listener
+// Limiter holds the counts that one or more Listeners share, so that a
+// service listening on several addresses has one total.
+type Limiter struct {
 	total, perClient int
-	reject           Rejecter
 
 	mu     sync.Mutex
 	open   int
 	byAddr map[netip.Prefix]int
 }
 
-// New wraps l. total and perClient are the limits (0 means none); reject, if
-// not nil, answers a refused connection before it is closed.
+// NewLimiter makes a Limiter; total and perClient are the limits (0 means
+// none).
+func NewLimiter(total, perClient int) *Limiter {
+	return &Limiter{total: total, perClient: perClient, byAddr: map[netip.Prefix]int{}}
+}
+
+// Listen wraps l so that its connections count against the limiter's
+// limits; reject, if not nil, answers a refused connection before it is
+// closed.
+func (lim *Limiter) Listen(l net.Listener, reject Rejecter) *Listener {
+	return &Listener{Listener: l, lim: lim, reject: reject}
+}
+
+// Open returns the connections handed out and not yet closed.
+func (lim *Limiter) Open() int {
+	lim.mu.Lock()
+	defer lim.mu.Unlock()
+	return lim.open
+}
+
+// admit takes a slot for key, reporting which limit refused it if none.
+func (lim *Limiter) admit(key netip.Prefix) (ok, perClient bool) {
+	lim.mu.Lock()
+	defer lim.mu.Unlock()
+	overTotal := lim.total > 0 && lim.open >= lim.total
+	overClient := lim.perClient > 0 && lim.byAddr[key] >= lim.perClient
+	if overTotal || overClient {
+		return false, overClient && !overTotal
+	}
+	lim.open++
+	lim.byAddr[key]++
+	return true, false
+}
+
+func (lim *Limiter) release(key netip.Prefix) {
+	lim.mu.Lock()
+	lim.open--
+	if lim.byAddr[key]--; lim.byAddr[key] <= 0 {
+		delete(lim.byAddr, key)
+	}
+	lim.mu.Unlock()
+}
+
+// Listener wraps a net.Listener with connection limits.
+type Listener struct {
+	net.Listener
+	lim    *Limiter
+	reject Rejecter
+}
+
+// New wraps l with limits of its own. total and perClient are the limits (0
+// means none); reject, if not nil, answers a refused connection before it
+// is closed.
 func New(l net.Listener, total, perClient int, reject Rejecter) *Listener {
-	return &Listener{Listener: l, total: total, perClient: perClient, reject: reject, byAddr: map[netip.Prefix]int{}}
+	return NewLimiter(total, perClient).Listen(l, reject)
 }
 
 // ClientKey returns the group a remote address counts against: the IPv4
@@ -61,52 +111,34 @@ func (l *Listener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		key := ClientKey(c.RemoteAddr())
-		l.mu.Lock()
-		overTotal := l.total > 0 && l.open >= l.total
-		overClient := l.perClient > 0 && l.byAddr[key] >= l.perClient
-		if !overTotal && !overClient {
-			l.open++
-			l.byAddr[key]++
-			l.mu.Unlock()
-			return &conn{Conn: c, l: l, key: key}, nil
+		ok, perClient := l.lim.admit(key)
+		if ok {
+			return &conn{Conn: c, lim: l.lim, key: key}, nil
 		}
-		l.mu.Unlock()
 		go func() {
 			if l.reject != nil {
-				l.reject(c, overClient && !overTotal)
+				l.reject(c, perClient)
 			}
 			c.Close()
 		}()
 	}
 }
 
-// Open returns the number of connections handed out and not yet closed.
-func (l *Listener) Open() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.open
-}
-
-func (l *Listener) release(key netip.Prefix) {
-	l.mu.Lock()
-	l.open--
-	if l.byAddr[key]--; l.byAddr[key] <= 0 {
-		delete(l.byAddr, key)
-	}
-	l.mu.Unlock()
-}
+// Open returns the number of connections handed out and not yet closed
+// (across every listener sharing this one's limiter).
+func (l *Listener) Open() int { return l.lim.Open() }
 
 // conn gives its slot back when closed.
 type conn struct {
 	net.Conn
-	l    *Listener
+	lim  *Limiter
 	key  netip.Prefix
 	once sync.Once
 }
 
 func (c *conn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { c.l.release(c.key) })
+	c.once.Do(func() { c.lim.release(c.key) })
 	return err
 }
 

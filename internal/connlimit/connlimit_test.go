@@ -114,3 +114,39 @@ func TestClientKey(t *testing.T) {
 		}
 	}
 }
+
+func TestSharedLimiter(t *testing.T) {
+	lim := NewLimiter(2, 0)
+	var ls []*Listener
+	for i := 0; i < 2; i++ {
+		inner, _ := net.Listen("tcp", "127.0.0.1:0")
+		l := lim.Listen(inner, func(c net.Conn, _ bool) { c.Write([]byte("full\n")) })
+		defer l.Close()
+		ls = append(ls, l)
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte("hello\n"))
+			}
+		}()
+	}
+	// Two connections on the first address fill the shared total, so the
+	// second address refuses a third.
+	var got []string
+	for _, l := range []*Listener{ls[0], ls[0], ls[1]} {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		got = append(got, line)
+	}
+	if got[0] != "hello\n" || got[1] != "hello\n" || got[2] != "full\n" || lim.Open() != 2 {
+		t.Fatalf("got %q, open %d", got, lim.Open())
+	}
+}
