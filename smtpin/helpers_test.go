@@ -382,7 +382,7 @@ func (l *logRecorder) waitFor(t testing.TB, parts ...string) string {
 }
 
 func (l *logRecorder) checkNoPanic(t testing.TB) {
-	for _, line := range l.find("panicked") {
+	for _, line := range l.find("smtp session panicked") {
 		t.Errorf("a session panicked: %s", line)
 	}
 }
