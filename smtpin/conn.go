@@ -55,7 +55,17 @@ type conn struct {
 	forced         bool            // the server's shutdown grace is over: end now
 	ended          bool
 	endReason      string
+
+	// out holds replies not yet sent. Replies are sent when the session
+	// is about to wait for input, so that the replies to a pipelined group
+	// of commands go out in one write (RFC 2920 §3.2 allows this; a
+	// server must not wait for input with replies held back, and does
+	// not).
+	out []byte
 }
+
+// outMax bounds the replies held back; a larger write goes out at once.
+const outMax = 4 << 10
 
 func newConn(raw net.Conn, g *generation, id uint64, log *slog.Logger, onClose func(*conn)) *conn {
 	c := &conn{
@@ -148,6 +158,10 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.end(errShuttingDown, "shutdown")
 		return 0, net.ErrClosed
 	}
+	if err := c.flushLocked(); err != nil {
+		c.mu.Unlock()
+		return 0, err
+	}
 	data := c.dataMode
 	var start time.Time
 	if data {
@@ -206,13 +220,32 @@ func (c *conn) Write(p []byte) (int, error) {
 	if !c.tlsPending && bytes.HasPrefix(p, starttlsReady) {
 		c.tlsPending, c.top = true, nil
 	}
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	if len(c.out)+len(p) <= outMax {
+		c.out = append(c.out, p...)
+		return len(p), nil
+	}
+	if err := c.flushLocked(); err != nil {
+		return 0, err
+	}
 	return c.Conn.Write(p)
+}
+
+// flushLocked sends the replies held back. Callers hold c.mu.
+func (c *conn) flushLocked() error {
+	if len(c.out) == 0 {
+		return nil
+	}
+	c.Conn.SetWriteDeadline(time.Now().Add(c.gen.cfg.WriteTimeout.D()))
+	_, err := c.Conn.Write(c.out)
+	c.out = c.out[:0]
+	return err
 }
 
 // Close closes the connection; go-smtp calls it when the session is over.
 func (c *conn) Close() error {
 	c.mu.Lock()
+	c.flushLocked()
 	c.ended = true
 	c.mu.Unlock()
 	err := c.Conn.Close()
@@ -239,16 +272,17 @@ func (c *conn) end(why *smtp.SMTPError, reason string) {
 	c.ended = true
 	c.endReason = reason
 	top := c.top
-	c.mu.Unlock()
-	if why != nil && top != nil {
-		c.Conn.SetWriteDeadline(time.Now().Add(c.gen.cfg.WriteTimeout.D()))
-		line := closing(c.gen.cfg.Hostname, why)
-		if top == net.Conn(c) {
-			io.WriteString(c.Conn, line)
-		} else {
-			io.WriteString(top, line)
-		}
+	if why != nil && top == net.Conn(c) {
+		c.out = append(c.out, closing(c.gen.cfg.Hostname, why)...)
 	}
+	c.mu.Unlock()
+	if why != nil && top != nil && top != net.Conn(c) {
+		// Through TLS: the record lands in c.out.
+		io.WriteString(top, closing(c.gen.cfg.Hostname, why))
+	}
+	c.mu.Lock()
+	c.flushLocked()
+	c.mu.Unlock()
 	c.Conn.Close()
 }
 
