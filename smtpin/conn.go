@@ -30,7 +30,6 @@ import (
 type conn struct {
 	net.Conn // the accepted connection; closing it releases its connlimit slot
 
-	id         uint64
 	log        *slog.Logger
 	gen        *generation // the configuration the connection was accepted under
 	sessionEnd time.Time
@@ -60,17 +59,18 @@ type conn struct {
 	// is about to wait for input, so that the replies to a pipelined group
 	// of commands go out in one write (RFC 2920 §3.2 allows this; a
 	// server must not wait for input with replies held back, and does
-	// not).
+	// not). wmu guards it and serializes writes; it is apart from mu so
+	// that a slow peer blocking a write never blocks Shutdown.
+	wmu sync.Mutex
 	out []byte
 }
 
 // outMax bounds the replies held back; a larger write goes out at once.
 const outMax = 4 << 10
 
-func newConn(raw net.Conn, g *generation, id uint64, log *slog.Logger, onClose func(*conn)) *conn {
+func newConn(raw net.Conn, g *generation, log *slog.Logger, onClose func(*conn)) *conn {
 	c := &conn{
 		Conn:       raw,
-		id:         id,
 		log:        log,
 		gen:        g,
 		sessionEnd: time.Now().Add(g.cfg.SessionTimeout.D()),
@@ -158,10 +158,11 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.end(errShuttingDown, "shutdown")
 		return 0, net.ErrClosed
 	}
-	if err := c.flushLocked(); err != nil {
-		c.mu.Unlock()
+	c.mu.Unlock()
+	if err := c.flush(); err != nil {
 		return 0, err
 	}
+	c.mu.Lock()
 	data := c.dataMode
 	var start time.Time
 	if data {
@@ -220,7 +221,9 @@ func (c *conn) Write(p []byte) (int, error) {
 	if !c.tlsPending && bytes.HasPrefix(p, starttlsReady) {
 		c.tlsPending, c.top = true, nil
 	}
-	defer c.mu.Unlock()
+	c.mu.Unlock()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	if len(c.out)+len(p) <= outMax {
 		c.out = append(c.out, p...)
 		return len(p), nil
@@ -231,7 +234,14 @@ func (c *conn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// flushLocked sends the replies held back. Callers hold c.mu.
+// flush sends the replies held back.
+func (c *conn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.flushLocked()
+}
+
+// flushLocked is flush for callers that hold c.wmu.
 func (c *conn) flushLocked() error {
 	if len(c.out) == 0 {
 		return nil
@@ -244,8 +254,8 @@ func (c *conn) flushLocked() error {
 
 // Close closes the connection; go-smtp calls it when the session is over.
 func (c *conn) Close() error {
+	c.flush()
 	c.mu.Lock()
-	c.flushLocked()
 	c.ended = true
 	c.mu.Unlock()
 	err := c.Conn.Close()
@@ -272,17 +282,20 @@ func (c *conn) end(why *smtp.SMTPError, reason string) {
 	c.ended = true
 	c.endReason = reason
 	top := c.top
-	if why != nil && top == net.Conn(c) {
-		c.out = append(c.out, closing(c.gen.cfg.Hostname, why)...)
-	}
 	c.mu.Unlock()
-	if why != nil && top != nil && top != net.Conn(c) {
-		// Through TLS: the record lands in c.out.
-		io.WriteString(top, closing(c.gen.cfg.Hostname, why))
+	if why != nil && top != nil {
+		// Through TLS, or straight into the held-back replies: either way
+		// it lands in c.out, after the replies already there.
+		line := closing(c.gen.cfg.Hostname, why)
+		if top == net.Conn(c) {
+			c.wmu.Lock()
+			c.out = append(c.out, line...)
+			c.wmu.Unlock()
+		} else {
+			io.WriteString(top, line)
+		}
 	}
-	c.mu.Lock()
-	c.flushLocked()
-	c.mu.Unlock()
+	c.flush()
 	c.Conn.Close()
 }
 

@@ -272,7 +272,7 @@ func (s *Server) handoff(raw net.Conn) {
 	}
 	g := s.gen
 	id := s.nextID.Add(1)
-	c := newConn(raw, g, id, s.log.With("conn", id, "remote", remoteIP(raw)), s.closed)
+	c := newConn(raw, g, s.log.With("conn", id, "remote", remoteIP(raw)), s.closed)
 	s.conns[c] = struct{}{}
 	s.connWG.Add(1)
 	l := g.plainL
