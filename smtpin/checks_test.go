@@ -239,3 +239,32 @@ func TestChecksTimeoutBounded(t *testing.T) {
 		t.Errorf("Authentication-Results %q: want spf and dmarc temperror", ar)
 	}
 }
+
+// TestChecksSlowMessage: checks that finished while a message was still
+// coming in keep their verdicts, however long the message took past the
+// check timeout.
+func TestChecksSlowMessage(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *Config) { c.Checks.Timeout = units.Duration(100 * time.Millisecond) }))
+	e.dns.Add("_dmarc.sender.example", "TXT", "v=DMARC1; p=reject")
+	ed := dkimtest.NewEd25519(t, "sender.example", "ed")
+	e.dns.Add(ed.RecordName(), "TXT", ed.Record(t))
+	msg := ed.Sign(t, crlf("From: a@sender.example\nSubject: slow\n\nfirst line\nsecond line\n"))
+	head, body, _ := strings.Cut(msg, "\r\n\r\n")
+	c := e.dial()
+	c.hello()
+	c.expect("250 ", "MAIL FROM:<a@sender.example>")
+	c.expect("250 ", "RCPT TO:<alice@example.test>")
+	c.expect("354 ", "DATA")
+	c.raw(head + "\r\n\r\n")
+	time.Sleep(400 * time.Millisecond) // past the check timeout
+	c.raw(body + ".\r\n")
+	if got := c.reply(); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("reply %q", got)
+	}
+	ar := header(t, e.messages(alice)[0], "Authentication-Results")
+	for _, w := range []string{"spf=pass", "dkim=pass", "dmarc=pass"} {
+		if !strings.Contains(ar, w) {
+			t.Errorf("Authentication-Results %q lacks %q", ar, w)
+		}
+	}
+}

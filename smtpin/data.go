@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -133,16 +134,14 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 		}
 	}
 
-	// The final dot: gather the verdicts. Every check has the same
-	// deadline, so the sender waits at most Checks.Timeout for them.
+	// The final dot: gather the verdicts. Each check runs under a
+	// deadline of Checks.Timeout from its start (SPF from the first
+	// recipient, DKIM and DMARC from the header), so the sender waits at
+	// most that long for them now.
 	if verifier != nil {
 		res.dkim = verifier.Close()
 	}
-	select {
-	case res.spf = <-t.spf:
-	case <-checkCtx.Done():
-		res.spf = authcheck.SPF{Result: authcheck.TempError, Err: checkCtx.Err()}
-	}
+	res.spf = awaitSPF(t.spf, cfg.Checks.Timeout.D())
 	for _, ch := range records {
 		res.dmarc = append(res.dmarc, authcheck.EvaluateDMARC(<-ch, res.spf, res.dkim))
 	}
@@ -158,6 +157,27 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 	}
 	res.id = id
 	return res
+}
+
+// awaitSPF returns the SPF verdict of a transaction. Its check ends by its
+// own deadline; the timer here only makes sure of it.
+func awaitSPF(ch <-chan authcheck.SPF, timeout time.Duration) authcheck.SPF {
+	if ch == nil {
+		return authcheck.SPF{Result: authcheck.None}
+	}
+	select {
+	case v := <-ch:
+		return v
+	default:
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		return authcheck.SPF{Result: authcheck.TempError, Err: context.DeadlineExceeded}
+	}
 }
 
 // writeHeader writes the header section to the delivery without the

@@ -79,6 +79,7 @@ type Server struct {
 	readers sync.Pool // *bufio.Reader of copyBufSize
 	headers sync.Pool // *[]byte header buffers
 
+	reloadMu  sync.Mutex // one Reload at a time
 	mu        sync.Mutex
 	gen       *generation // the configuration new connections get
 	penalty   *penalty.Table
@@ -392,6 +393,8 @@ func (s *Server) Reload(cfg Config) error {
 	if err := checkConfig(&cfg); err != nil {
 		return err
 	}
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()

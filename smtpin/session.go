@@ -113,6 +113,10 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 			return s.unknownRecipient(to)
 		}
 		s.c.log.Info("recipient refused", "rcpt", to, "code", refusal.Code, "status", statusString(refusal))
+		if refusal == errLocal {
+			// Our fault (the store, an alias): not the client's error.
+			return refusal
+		}
 		return refuse(s.c, refusal)
 	}
 	t.rcpts = append(t.rcpts, to)
