@@ -80,6 +80,22 @@ func adminCommand(name string, args []string, nargs int) (Config, control.Admin,
 	return cfg, a, pos, nil
 }
 
+// accountCommand is adminCommand for commands whose first argument is an
+// account address in one of the configured domains; it returns the
+// address, normalised, and the other arguments.
+func accountCommand(name string, args []string, nargs int) (Config, control.Admin, string, []string, error) {
+	cfg, a, pos, err := adminCommand(name, args, nargs)
+	if err != nil {
+		return Config{}, nil, "", nil, err
+	}
+	addr, err := cfg.LocalAddress(pos[0])
+	if err != nil {
+		a.Close()
+		return Config{}, nil, "", nil, err
+	}
+	return cfg, a, addr, pos[1:], nil
+}
+
 func cmdUser(env *cliEnv, args []string) error {
 	if len(args) == 0 {
 		return errUsage
@@ -90,14 +106,13 @@ func cmdUser(env *cliEnv, args []string) error {
 	if !ok {
 		return errUsage
 	}
-	cfg, a, pos, err := adminCommand("user "+verb, args, n)
-	if err != nil {
-		return err
-	}
-	defer a.Close()
 	ctx := context.Background()
-	switch verb {
-	case "list":
+	if verb == "list" {
+		_, a, _, err := adminCommand("user list", args, n)
+		if err != nil {
+			return err
+		}
+		defer a.Close()
 		accts, err := a.Accounts(ctx)
 		if err != nil {
 			return err
@@ -112,20 +127,18 @@ func cmdUser(env *cliEnv, args []string) error {
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\n", ac.Address, ac.Messages, humanBytes(ac.Bytes), quota, ac.Devices, when(ac.LastLogin, ac.LastIP))
 		}
 		return tw.Flush()
-	case "del":
-		addr, err := cfg.LocalAddress(pos[0])
-		if err != nil {
-			return err
-		}
+	}
+	_, a, addr, _, err := accountCommand("user "+verb, args, n)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	if verb == "del" {
 		if err := a.DeleteAccount(ctx, addr); err != nil {
 			return err
 		}
 		fmt.Fprintf(env.stdout, "deleted %s and its mailbox\n", addr)
 		return nil
-	}
-	addr, err := cfg.LocalAddress(pos[0])
-	if err != nil {
-		return err
 	}
 	pw, err := readPassword(env, addr)
 	if err != nil {
@@ -189,20 +202,16 @@ func cmdDevice(env *cliEnv, args []string) error {
 	if !ok {
 		return errUsage
 	}
-	cfg, a, pos, err := adminCommand("device "+verb, args, n)
+	cfg, a, addr, rest, err := accountCommand("device "+verb, args, n)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	addr, err := cfg.LocalAddress(pos[0])
-	if err != nil {
-		return err
-	}
 	ctx := context.Background()
 	switch verb {
 	case "add":
-		all := len(pos) == 3
-		pw, err := a.AddDevice(ctx, addr, pos[1], all)
+		all := len(rest) == 2
+		pw, err := a.AddDevice(ctx, addr, rest[0], all)
 		if err != nil {
 			return err
 		}
@@ -211,12 +220,12 @@ func cmdDevice(env *cliEnv, args []string) error {
 			sees = "all the mail in the mailbox"
 		}
 		fmt.Fprintf(env.stdout, "Device %q of %s added. Its password (shown only now):\n\n    %s\n\nIn the mail app on the device: user %s, this password, server %s, POP3 port 995 with SSL/TLS.\nThe device sees %s; what it deletes disappears from its own view only.\n",
-			pos[1], addr, pw, addr, cfg.Hostname, sees)
+			rest[0], addr, pw, addr, cfg.Hostname, sees)
 	case "del":
-		if err := a.DeleteDevice(ctx, addr, pos[1]); err != nil {
+		if err := a.DeleteDevice(ctx, addr, rest[0]); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "device %q of %s revoked; its password no longer works%s\n", pos[1], addr, liveNote(a))
+		fmt.Fprintf(env.stdout, "device %q of %s revoked; its password no longer works%s\n", rest[0], addr, liveNote(a))
 	case "list":
 		devs, err := a.Devices(ctx, addr)
 		if err != nil {
@@ -241,15 +250,11 @@ func cmdDevice(env *cliEnv, args []string) error {
 }
 
 func cmdRestore(env *cliEnv, args []string) error {
-	cfg, a, pos, err := adminCommand("restore", args, 1)
+	_, a, addr, _, err := accountCommand("restore", args, 1)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	addr, err := cfg.LocalAddress(pos[0])
-	if err != nil {
-		return err
-	}
 	n, err := a.Restore(context.Background(), addr)
 	if errors.Is(err, spool.ErrNotRetained) {
 		return errors.New("retention is off ([spool] retention = \"0s\"), so deleted messages are not kept; set it to, say, \"720h\" to keep them for 30 days")
@@ -299,15 +304,11 @@ func cmdBackup(env *cliEnv, args []string) error {
 }
 
 func cmdExport(env *cliEnv, args []string) error {
-	cfg, a, pos, err := adminCommand("export", args, 1)
+	_, a, addr, _, err := accountCommand("export", args, 1)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	addr, err := cfg.LocalAddress(pos[0])
-	if err != nil {
-		return err
-	}
 	bw := bufio.NewWriterSize(env.stdout, 64<<10)
 	if _, err := a.Export(context.Background(), addr, bw); err != nil {
 		return err
@@ -316,18 +317,7 @@ func cmdExport(env *cliEnv, args []string) error {
 }
 
 func cmdVerify(env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var f adminFlags
-	f.register(fs)
-	if _, err := parseInterleaved(fs, args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	cfg, err := f.load()
-	if err != nil {
-		return err
-	}
-	a, err := connect(cfg)
+	cfg, a, _, err := adminCommand("verify", args, 0)
 	if err != nil {
 		return err
 	}

@@ -35,12 +35,12 @@ type Config struct {
 	// check" (the A/AAAA and reverse DNS records must match them).
 	PublicAddresses []string `toml:"public_addresses"`
 
-	Log     LogConfig      `toml:"log"`
-	DNS     DNSConfig      `toml:"dns"`
-	Spool   spool.Options  `toml:"spool"`
-	SMTP    smtpin.Config  `toml:"smtp"`
-	POP3    pop3out.Config `toml:"pop3"`
-	TLS     tlsauto.Config `toml:"tls"`
+	Log        LogConfig        `toml:"log"`
+	DNS        DNSConfig        `toml:"dns"`
+	Spool      spool.Options    `toml:"spool"`
+	SMTP       smtpin.Config    `toml:"smtp"`
+	POP3       pop3out.Config   `toml:"pop3"`
+	TLS        tlsauto.Config   `toml:"tls"`
 	Metrics    MetricsConfig    `toml:"metrics"`
 	Watchdog   WatchdogConfig   `toml:"watchdog"`
 	Autoconfig AutoconfigConfig `toml:"autoconfig"`
