@@ -223,14 +223,7 @@ func deleteMailbox(tx *bbolt.Tx, addr string) error {
 		return nil
 	}
 	var msgs []uint64
-	if err := mb.ForEach(func(k, v []byte) error {
-		if len(k) != 8 {
-			return nil
-		}
-		var e entryRecord
-		if err := decode("entry", v, &e); err != nil {
-			return err
-		}
+	if err := forEachEntry(mb, func(_ uint64, e *entryRecord) error {
 		msgs = append(msgs, e.Message)
 		return nil
 	}); err != nil {

@@ -101,16 +101,9 @@ func (s *Store) Devices(addr string) ([]DeviceInfo, error) {
 		if mb == nil {
 			return nil
 		}
-		return mb.ForEach(func(k, v []byte) error {
-			if len(k) != 8 {
-				return nil
-			}
-			var e entryRecord
-			if err := decode("entry", v, &e); err != nil {
-				return err
-			}
+		return forEachEntry(mb, func(_ uint64, e *entryRecord) error {
 			for i := range out {
-				if a.visible(&e, out[i].ID) {
+				if a.visible(e, out[i].ID) {
 					out[i].Waiting++
 				}
 			}
@@ -176,16 +169,9 @@ func (s *Store) resettle(tx *bbolt.Tx, a *accountRecord, now time.Time, fix func
 		e   entryRecord
 	}
 	var items []item
-	if err := mb.ForEach(func(k, v []byte) error {
-		if len(k) != 8 {
-			return nil
-		}
-		var e entryRecord
-		if err := decode("entry", v, &e); err != nil {
-			return err
-		}
+	if err := forEachEntry(mb, func(uid uint64, e *entryRecord) error {
 		if len(e.DeletedBy) > 0 || !e.Trashed.IsZero() {
-			items = append(items, item{beUint64(k), e})
+			items = append(items, item{uid, *e})
 		}
 		return nil
 	}); err != nil {
@@ -267,17 +253,10 @@ func (s *Store) Restore(ctx context.Context, addr string) (int, error) {
 		}
 		var uids []uint64
 		var entries []entryRecord
-		if err := mb.ForEach(func(k, v []byte) error {
-			if len(k) != 8 {
-				return nil
-			}
-			var e entryRecord
-			if err := decode("entry", v, &e); err != nil {
-				return err
-			}
+		if err := forEachEntry(mb, func(uid uint64, e *entryRecord) error {
 			if !e.Trashed.IsZero() {
-				uids = append(uids, beUint64(k))
-				entries = append(entries, e)
+				uids = append(uids, uid)
+				entries = append(entries, *e)
 			}
 			return nil
 		}); err != nil {

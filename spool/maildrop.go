@@ -114,16 +114,8 @@ func (s *Store) OpenMaildrop(ctx context.Context, login Login, remoteIP string) 
 			if mb == nil {
 				return fmt.Errorf("spool: account %s has no mailbox", login.Account)
 			}
-			return mb.ForEach(func(k, v []byte) error {
-				if len(k) != 8 {
-					return nil
-				}
-				var e entryRecord
-				if err := decode("entry", v, &e); err != nil {
-					return err
-				}
-				if a.visible(&e, login.Device) {
-					uid := beUint64(k)
+			return forEachEntry(mb, func(uid uint64, e *entryRecord) error {
+				if a.visible(e, login.Device) {
 					m.msgs = append(m.msgs, Message{UID: uid, UIDL: uidl(uid, e.Arrived), Size: e.Size, Arrived: e.Arrived, id: e.Message})
 				}
 				return nil

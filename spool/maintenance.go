@@ -53,14 +53,7 @@ func (s *Store) Export(ctx context.Context, addr string, w io.Writer) (int, erro
 			return nil
 		}
 		msgs := tx.Bucket(bucketMessages)
-		return mb.ForEach(func(k, v []byte) error {
-			if len(k) != 8 {
-				return nil
-			}
-			var e entryRecord
-			if err := decode("entry", v, &e); err != nil {
-				return err
-			}
+		return forEachEntry(mb, func(_ uint64, e *entryRecord) error {
 			if !e.Trashed.IsZero() {
 				return nil
 			}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"go.etcd.io/bbolt"
 )
 
 // Bucket names. Every bucket the spool uses is declared here.
@@ -103,6 +105,22 @@ type storeStats struct {
 // characters in the range 0x21 to 0x7E).
 func uidl(uid uint64, arrived time.Time) string {
 	return strconv.FormatUint(uid, 10) + "." + strconv.FormatInt(arrived.Unix(), 10)
+}
+
+// forEachEntry calls fn for every entry of mailbox bucket mb, in UID order,
+// skipping the bucket's other keys. The entry is decoded for fn; fn must
+// not write to mb (collect, then write).
+func forEachEntry(mb *bbolt.Bucket, fn func(uid uint64, e *entryRecord) error) error {
+	return mb.ForEach(func(k, v []byte) error {
+		if len(k) != 8 {
+			return nil
+		}
+		var e entryRecord
+		if err := decode("entry", v, &e); err != nil {
+			return fmt.Errorf("uid %d: %w", beUint64(k), err)
+		}
+		return fn(beUint64(k), &e)
+	})
 }
 
 func decode(what string, b []byte, v any) error {
