@@ -77,17 +77,6 @@ func run(t testing.TB, dir string, env []string, stdin io.Reader, name string, a
 	return stdout.String()
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // waitPort waits until something accepts connections on addr.
 func waitPort(t testing.TB, addr string, proc *process) {
 	t.Helper()
@@ -242,10 +231,10 @@ func newServer(t testing.TB, o serverOptions) *server {
 	certFile, keyFile := testutil.WriteFiles(t, tlsDir, cert)
 	s.caFile = filepath.Join(dir, "ca.pem")
 	os.WriteFile(s.caFile, s.ca.PEM, 0o644)
-	s.smtp = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s.pop3 = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s.pop3s = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s.metrics = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s.smtp = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+	s.pop3 = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+	s.pop3s = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+	s.metrics = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	cfg := fmt.Sprintf(`hostname = %q
 domains = [%q]
 data_dir = %q

@@ -54,7 +54,7 @@ func startPostfix(t *testing.T, dir, postieSMTP string) *postfix {
 	if out, err := exec.Command("chown", "postfix", data).CombinedOutput(); err != nil {
 		t.Fatalf("chown: %v %s", err, out)
 	}
-	pf := &postfix{conf: conf, smtp: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	pf := &postfix{conf: conf, smtp: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))}
 	main := fmt.Sprintf(`compatibility_level = 3.6
 queue_directory = %s
 data_directory = %s
