@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postie/postie/internal/testutil"
 )
 
 // postfix is a private Postfix instance on loopback that relays mail for
