@@ -149,3 +149,11 @@ func TestSwaks(t *testing.T) {
 		t.Errorf("stored message has bare line feeds: %q", m)
 	}
 }
+
+func TestAddressLiteral(t *testing.T) {
+	for in, want := range map[string]string{"192.0.2.1": "[192.0.2.1]", "2001:db8::1": "[IPv6:2001:db8::1]", "::1": "[IPv6:::1]"} {
+		if got := addressLiteral(in); got != want {
+			t.Errorf("addressLiteral(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -34,9 +34,9 @@ func (s *session) trace(t *transaction, res *result) []byte {
 	b.WriteString(authcheck.FormatResults(host, res.spf, res.dkim, res.dmarc))
 	b.WriteString("\r\nReceived: from ")
 	b.WriteString(headerSafe(t.helo))
-	b.WriteString(" ([")
-	b.WriteString(remoteIP(s.c.Conn))
-	b.WriteString("])\r\n\tby ")
+	b.WriteString(" (")
+	b.WriteString(addressLiteral(remoteIP(s.c.Conn)))
+	b.WriteString(")\r\n\tby ")
 	b.WriteString(host)
 	b.WriteString(" (Postie) with ")
 	cs, isTLS := s.sc.TLSConnectionState()
@@ -57,6 +57,15 @@ func (s *session) trace(t *transaction, res *result) []byte {
 	b.WriteString(time.Now().Format(time.RFC1123Z))
 	b.WriteString("\r\n")
 	return []byte(b.String())
+}
+
+// addressLiteral writes an IP address as RFC 5321 §4.1.3 does:
+// [192.0.2.1] or [IPv6:2001:db8::1].
+func addressLiteral(ip string) string {
+	if strings.Contains(ip, ":") {
+		return "[IPv6:" + ip + "]"
+	}
+	return "[" + ip + "]"
 }
 
 // protocolName is the "with" of Received (RFC 3848, RFC 6531 §3.7.3).
