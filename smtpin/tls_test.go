@@ -1,7 +1,9 @@
 package smtpin
 
 import (
+	"bufio"
 	"crypto/tls"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -155,5 +157,33 @@ func TestAddressLiteral(t *testing.T) {
 		if got := addressLiteral(in); got != want {
 			t.Errorf("addressLiteral(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestIPv6Client: a client on IPv6 gets an IPv6 address literal in
+// Received and its SPF checked against ip6: mechanisms.
+func TestIPv6Client(t *testing.T) {
+	e := newEnv(t)
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatalf("IPv6 loopback: %v", err)
+	}
+	go e.srv.Serve(l)
+	conn, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &client{t: t, conn: conn, r: bufio.NewReader(conn)}
+	defer conn.Close()
+	c.hello()
+	if got := c.deliver("a@sender.example", crlf("From: a@sender.example\n\nbody\n"), alice); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("DATA: %q", got)
+	}
+	m := e.messages(alice)[0]
+	if rcv := header(t, m, "Received"); !strings.Contains(rcv, "from client.example ([IPv6:::1])") {
+		t.Errorf("Received: %q", rcv)
+	}
+	if ar := header(t, m, "Authentication-Results"); !strings.Contains(ar, "spf=pass") {
+		t.Errorf("Authentication-Results: %q", ar)
 	}
 }
