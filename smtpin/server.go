@@ -474,5 +474,5 @@ func (l libraryLog) print(msg string) {
 	l.log.Debug("smtp library", "detail", msg)
 }
 
-// checkResolver makes sure the Resolver satisfies what authcheck needs.
+// A Resolver is what authcheck needs.
 var _ authcheck.Resolver = Resolver(nil)
