@@ -42,12 +42,14 @@ func TestChecks(t *testing.T) {
 	ed := dkimtest.NewEd25519(t, "sender.example", "ed")
 	bankKey := dkimtest.NewEd25519(t, "bank.example", "k1")
 	espKey := dkimtest.NewEd25519(t, "esp.example", "k1")
+	tempKey := dkimtest.NewEd25519(t, "spffail.example", "gone")
 
 	zone := func(e *env) {
 		for _, k := range []*dkimtest.Key{rsa, ed, bankKey, espKey} {
 			e.dns.Add(k.RecordName(), "TXT", k.Record(t))
 		}
 		e.dns.Add("spffail.example", "TXT", "v=spf1 ip4:192.0.2.1 -all")
+		e.dns.Fail(tempKey.RecordName(), dns.RcodeServerFailure)
 		e.dns.Add("softfail.example", "TXT", "v=spf1 ~all")
 		e.dns.Add("neutral.example", "TXT", "v=spf1 ?all")
 		e.dns.Fail("temp.example", dns.RcodeServerFailure)
@@ -59,6 +61,8 @@ func TestChecks(t *testing.T) {
 		e.dns.Add("_dmarc.sender.example", "TXT", "v=DMARC1; p=reject")
 		e.dns.Add("helo.example", "TXT", "v=spf1 ip4:127.0.0.1 -all")
 		e.dns.Fail("_dmarc.tempdmarc.example", dns.RcodeServerFailure)
+		e.dns.Fail("tempbank.example", dns.RcodeServerFailure)
+		e.dns.Add("_dmarc.tempbank.example", "TXT", "v=DMARC1; p=reject")
 	}
 	plain := func(from string) string {
 		return crlf("From: " + from + "\nTo: alice@example.test\nSubject: test\n\nHello,\nthis is the body.\n")
@@ -91,6 +95,10 @@ func TestChecks(t *testing.T) {
 			mailFrom: "a@temp.example", msg: plain("a@temp.example"), reply: "451 4.4.3 "},
 		{name: "dmarc temperror with temperror_defer", cfg: func(c *Config) { c.Checks.TempErrorDefer = true },
 			mailFrom: "a@sender.example", msg: plain("x@tempdmarc.example"), reply: "451 4.4.3 "},
+		{name: "dmarc reject, spf temperror: not refused for good", mailFrom: "ceo@tempbank.example", msg: plain("ceo@tempbank.example"), reply: "250 ",
+			want: []string{"spf=temperror smtp.mailfrom=ceo@tempbank.example", "dmarc=temperror (p=reject) header.from=tempbank.example"}},
+		{name: "dmarc reject, spf temperror, temperror_defer", cfg: func(c *Config) { c.Checks.TempErrorDefer = true },
+			mailFrom: "ceo@tempbank.example", msg: plain("ceo@tempbank.example"), reply: "451 4.4.3 "},
 		{name: "dmarc temperror is accepted and recorded", mailFrom: "a@sender.example", msg: plain("x@tempdmarc.example"), reply: "250 ",
 			want: []string{"dmarc=temperror header.from=tempdmarc.example"}},
 		{name: "spf_fail_reject refuses an spf fail", cfg: func(c *Config) { c.Checks.SPFFailReject = true },
@@ -98,6 +106,9 @@ func TestChecks(t *testing.T) {
 		{name: "spf_fail_reject spares an aligned dkim pass", cfg: func(c *Config) { c.Checks.SPFFailReject = true },
 			mailFrom: "ceo@bank.example", msg: bankKey.Sign(t, plain("ceo@bank.example")), reply: "250 ",
 			want: []string{"spf=fail", "dkim=pass header.d=bank.example header.s=k1", "dmarc=pass (p=reject) header.from=bank.example"}},
+		{name: "spf_fail_reject spares a dkim temperror", cfg: func(c *Config) { c.Checks.SPFFailReject = true },
+			mailFrom: "a@spffail.example", msg: tempKey.Sign(t, plain("a@spffail.example")), reply: "250 ",
+			want: []string{"spf=fail", "dkim=temperror header.d=spffail.example"}},
 		{name: "spf_fail_reject with an unaligned dkim pass", cfg: func(c *Config) { c.Checks.SPFFailReject = true },
 			mailFrom: "a@spffail.example", msg: espKey.Sign(t, plain("a@spffail.example")), reply: "550 5.7.1 "},
 		{name: "dkim rsa pass", mailFrom: "a@sender.example", msg: rsa.Sign(t, plain("a@sender.example")), reply: "250 ",

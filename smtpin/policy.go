@@ -26,7 +26,7 @@ func (s *session) decide(res *result, tooManyAuthors bool) (*smtp.SMTPError, str
 	}
 	if cfg.DMARCReject {
 		if tooManyAuthors {
-			return dmarcReject("its author domains"), fmt.Sprintf("more than %d author domains", maxAuthorDomains)
+			return errTooManyAuthors, fmt.Sprintf("more than %d author domains", maxAuthorDomains)
 		}
 		// RFC 7489 §6.6.1: with several author domains, the strictest
 		// verdict wins. §6.6.4: pct= samples the messages the policy is
@@ -42,6 +42,11 @@ func (s *session) decide(res *result, tooManyAuthors bool) (*smtp.SMTPError, str
 		aligned := len(res.dmarc) > 0
 		for _, d := range res.dmarc {
 			aligned = aligned && d.DKIMAligned
+		}
+		// A signature that could not be checked for a temporary reason
+		// might be the aligned pass: no permanent refusal on that.
+		for _, d := range res.dkim {
+			aligned = aligned || d.Result == authcheck.TempError
 		}
 		if !aligned {
 			return errSPFReject, "SPF fail for " + res.spf.Domain + " without an aligned DKIM pass (spf_fail_reject)"

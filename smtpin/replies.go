@@ -57,6 +57,10 @@ func dmarcReject(domain string) *smtp.SMTPError {
 	return reply(550, 5, 7, 1, fmt.Sprintf("Message refused: it fails the DMARC policy of %s", domain))
 }
 
+// errTooManyAuthors refuses a message whose From field names more domains
+// than are checked; one of them might be the one a reader sees.
+var errTooManyAuthors = reply(550, 5, 7, 1, "Message refused: too many author domains in From")
+
 // lineTooLong ends a session whose message has a line over the limit.
 func lineTooLong(limit int) *smtp.SMTPError {
 	// 5.6.0 other or undefined media error: the content is unacceptable.

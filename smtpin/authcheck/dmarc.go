@@ -94,7 +94,9 @@ type DMARC struct {
 
 // EvaluateDMARC judges one author domain (RFC 7489 §4.2, §6.6.2): it
 // passes when SPF passed for an aligned domain or a DKIM signature of an
-// aligned domain verified.
+// aligned domain verified. When neither did but one of them failed for a
+// temporary reason, the verdict is temperror, not fail: the message might
+// pass once DNS answers, and must not be refused for good meanwhile.
 func EvaluateDMARC(rec Record, spf SPF, sigs []DKIM) DMARC {
 	v := DMARC{Domain: rec.Domain, Policy: rec.Policy, Percent: rec.Percent, Err: rec.Err}
 	spfMode, dkimMode := rec.SPF, rec.DKIM
@@ -104,18 +106,21 @@ func EvaluateDMARC(rec Record, spf SPF, sigs []DKIM) DMARC {
 	if dkimMode == "" {
 		dkimMode = Relaxed
 	}
-	v.SPFAligned = spf.Result == Pass && Aligned(spf.Domain, rec.Domain, spfMode)
+	spfAligned := Aligned(spf.Domain, rec.Domain, spfMode)
+	v.SPFAligned = spf.Result == Pass && spfAligned
+	temp := spf.Result == TempError && spfAligned
 	for _, s := range sigs {
-		if s.Result == Pass && Aligned(s.Domain, rec.Domain, dkimMode) {
-			v.DKIMAligned = true
-			break
-		}
+		aligned := Aligned(s.Domain, rec.Domain, dkimMode)
+		v.DKIMAligned = v.DKIMAligned || s.Result == Pass && aligned
+		temp = temp || s.Result == TempError && aligned
 	}
 	switch {
 	case rec.Result != "":
 		v.Result = rec.Result
 	case v.SPFAligned || v.DKIMAligned:
 		v.Result = Pass
+	case temp:
+		v.Result, v.Err = TempError, errors.New("an aligned SPF or DKIM check failed for a temporary reason")
 	default:
 		v.Result = Fail
 	}

@@ -84,6 +84,12 @@ func TestEvaluateDMARC(t *testing.T) {
 		{"helo aligned (null sender)", relaxed, SPF{Result: Pass, Domain: "mx.example.com", Property: "smtp.helo"}, nil, Pass, true, false},
 		{"no record: none, alignment still judged", Record{Domain: "example.com", Result: None}, spfPass("example.com"), nil, None, true, false},
 		{"lookup temperror", Record{Domain: "example.com", Result: TempError}, spfPass("example.net"), nil, TempError, false, false},
+		// A temporary failure of an aligned check is not a failure.
+		{"aligned spf temperror", relaxed, SPF{Result: TempError, Domain: "example.com"}, nil, TempError, false, false},
+		{"aligned dkim temperror", relaxed, SPF{Result: None}, []DKIM{{Result: TempError, Domain: "example.com"}}, TempError, false, false},
+		{"unaligned spf temperror", relaxed, SPF{Result: TempError, Domain: "example.org"}, nil, Fail, false, false},
+		{"unaligned dkim temperror", relaxed, SPF{Result: None}, []DKIM{{Result: TempError, Domain: "example.org"}}, Fail, false, false},
+		{"temperror, but an aligned pass", relaxed, SPF{Result: TempError, Domain: "example.com"}, dkimPass("example.com"), Pass, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := EvaluateDMARC(tc.rec, tc.spf, tc.dkim)
