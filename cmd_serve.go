@@ -107,7 +107,7 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 	defer tlsm.Close()
 	mon.Register(metrics.NewCertCollector(tlsm.Certificate))
 
-	smtp, err := smtpin.New(cfg.SMTP, smtpin.Deps{Store: store, Resolver: dns, TLS: tlsm.TLSConfig(), TLSReady: tlsm.Ready, Logger: log.With("part", "smtp")})
+	smtp, err := smtpin.New(cfg.SMTP, smtpin.Deps{Store: store, Resolver: dns, TLS: tlsm.TLSConfig(), TLSReady: tlsm.Ready, Logger: log.With("part", "smtp"), Metrics: mon})
 	if err != nil {
 		return err
 	}

@@ -63,6 +63,13 @@ type Config struct {
 	DataTimeout units.Duration `toml:"data_timeout"`
 	MinDataRate units.Size     `toml:"min_data_rate"`
 
+	// DNSBL lists DNS blocklist zones (RFC 5782) asked about each client
+	// at connect; a listed client gets 554 5.7.1 naming the list and is
+	// disconnected. Empty (the default): no lists. A lookup that fails or
+	// takes longer than DNSBLTimeout lets the client in.
+	DNSBL        []string       `toml:"dnsbl"`
+	DNSBLTimeout units.Duration `toml:"dnsbl_timeout"`
+
 	// Checks is the [smtp.checks] table: what SPF, DKIM and DMARC
 	// verdicts do to a message.
 	Checks ChecksConfig `toml:"checks"`
@@ -121,6 +128,7 @@ func DefaultConfig() Config {
 		WriteTimeout:             units.Duration(time.Minute),
 		DataTimeout:              units.Duration(30 * time.Minute),
 		MinDataRate:              500,
+		DNSBLTimeout:             units.Duration(5 * time.Second),
 		Checks: ChecksConfig{
 			DMARCReject:       true,
 			Timeout:           units.Duration(20 * time.Second),
@@ -144,6 +152,14 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			add("listen", "%q: want host:port, e.g. \":25\" or \"192.0.2.1:25\"", a)
 		}
+	}
+	for _, z := range c.DNSBL {
+		if !validZone(z) {
+			add("dnsbl", "%q is not a DNS zone name (e.g. \"zen.spamhaus.org\")", z)
+		}
+	}
+	if len(c.DNSBL) > 0 && c.DNSBLTimeout <= 0 {
+		add("dnsbl_timeout", "must be more than 0s when dnsbl lists zones")
 	}
 	atLeast := func(key string, v, min int64, unit string) {
 		if v < min {

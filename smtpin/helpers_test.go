@@ -17,7 +17,6 @@ import (
 
 	"github.com/postie/postie/internal/testutil"
 	"github.com/postie/postie/internal/units"
-	"github.com/postie/postie/smtpin/internal/testdns"
 	"github.com/postie/postie/spool"
 )
 
@@ -86,7 +85,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 // newEnvSpool is newEnv with the spool options changed by mod.
 func newEnvSpool(t testing.TB, mod func(*spool.Options), opts ...envOption) *env {
 	t.Helper()
-	e := &env{t: t, cfg: testConfig(), dns: testdns.New(t), ca: testutil.NewCA(t), logs: &logRecorder{}, tlsReady: &readyFlag{v: true}}
+	e := &env{t: t, cfg: testConfig(), dns: testutil.NewDNSServer(t), ca: testutil.NewCA(t), logs: &logRecorder{}, tlsReady: &readyFlag{v: true}}
 	e.dns.Add("sender.example", "TXT", "v=spf1 ip4:127.0.0.1 ip6:::1 -all")
 	deps := Deps{Resolver: e.dns.Resolver(), TLS: e.ca.ServerConfig(t, testHost), TLSReady: e.tlsReady.get, Logger: slog.New(e.logs)}
 	for _, o := range opts {

@@ -20,6 +20,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postie/postie/internal/connlimit"
+	"github.com/postie/postie/internal/metrics"
 	"github.com/postie/postie/internal/penalty"
 	"github.com/postie/postie/smtpin/authcheck"
 	"github.com/postie/postie/spool"
@@ -52,6 +53,9 @@ type Deps struct {
 	// Sample decides whether a DMARC policy with pct=n applies to a
 	// message (RFC 7489 §6.6.4); nil means at random, n times in 100.
 	Sample func(pct int) bool
+	// Metrics counts connections, messages and verdicts; nil counts
+	// nothing.
+	Metrics *metrics.Metrics
 }
 
 // Server is the inbound MX: it accepts connections, runs SMTP sessions on
@@ -63,6 +67,7 @@ type Server struct {
 	tlsReady func() bool
 	log      *slog.Logger
 	sample   func(int) bool
+	metrics  *metrics.Metrics
 
 	// ctx is the parent of every check and delivery; it is cancelled when
 	// Shutdown's grace is over.
@@ -124,6 +129,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		tlsReady: deps.TLSReady,
 		log:      deps.Logger,
 		sample:   deps.Sample,
+		metrics:  deps.Metrics,
 		conns:    map[*conn]struct{}{},
 		incoming: newChanListener(fanInAddr{}),
 	}
@@ -242,6 +248,13 @@ func (s *Server) dispatchLoop() {
 		if err != nil {
 			return
 		}
+		s.mu.Lock()
+		cfg := s.gen.cfg
+		s.mu.Unlock()
+		if len(cfg.DNSBL) > 0 {
+			go s.screen(c, cfg.DNSBL, cfg.DNSBLTimeout.D(), cfg.Hostname)
+			continue
+		}
 		s.handoff(c)
 	}
 }
@@ -259,6 +272,7 @@ func (s *Server) reject(c net.Conn, perClient bool) {
 	}
 	io.WriteString(c, closing(cfg.Hostname, reply(421, 4, 7, 0, text)))
 	s.log.Info("connection refused", "remote", remoteIP(c), "limit", limit)
+	s.metrics.SMTPConnection("refused")
 }
 
 // handoff wraps an accepted connection and gives it to the go-smtp server
@@ -281,6 +295,7 @@ func (s *Server) handoff(raw net.Conn) {
 		l = g.secureL
 	}
 	c.log.Debug("connection accepted", "starttls", l == g.secureL)
+	s.metrics.SMTPConnection("accepted")
 	// Pushed under s.mu, so that Reload and Shutdown cannot close l
 	// meanwhile; go-smtp's accept loop takes it at once.
 	pushed := l.push(c)

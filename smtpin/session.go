@@ -113,6 +113,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 			return s.unknownRecipient(to)
 		}
 		s.c.log.Info("recipient refused", "rcpt", to, "code", refusal.Code, "status", statusString(refusal))
+		s.s.metrics.SMTPRefused(reason(refusal))
 		if refusal == errLocal {
 			// Our fault (the store, an alias): not the client's error.
 			return refusal
@@ -146,6 +147,7 @@ func (s *session) unknownRecipient(to string) error {
 	table.Fail(key)
 	n := int(s.c.unknown.Add(1))
 	s.c.log.Info("unknown recipient", "rcpt", to, "count", n)
+	s.s.metrics.SMTPRefused("unknown_user")
 	if n > s.g.cfg.MaxUnknownRecipients {
 		s.c.end(endUnknown, "too many unknown recipients")
 		return errUnknownUser
@@ -233,11 +235,14 @@ func (s *session) logTransaction(t *transaction, res *result) {
 		attrs = append(attrs, "tls", tlsName(cs))
 	}
 	attrs = append(attrs, "duration", time.Since(t.started).Round(time.Millisecond))
+	s.countVerdicts(res)
 	if res.reply == nil {
 		attrs = append(attrs, "code", 250, "id", res.id.String())
 		s.c.log.Info("message accepted", attrs...)
+		s.s.metrics.SMTPAccepted(res.size)
 		return
 	}
+	s.s.metrics.SMTPRefused(reason(res.reply))
 	attrs = append(attrs, "code", res.reply.Code, "status", statusString(res.reply))
 	if res.err != nil {
 		attrs = append(attrs, "err", res.err)

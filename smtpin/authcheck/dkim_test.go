@@ -11,8 +11,8 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/miekg/dns"
 
+	"github.com/postie/postie/internal/testutil"
 	"github.com/postie/postie/smtpin/internal/dkimtest"
-	"github.com/postie/postie/smtpin/internal/testdns"
 )
 
 const dkimMessage = "From: Alice <alice@sender.example>\r\nTo: bob@example.test\r\nSubject: hello\r\n\r\nHello Bob,\r\nthis is the body.\r\n"
@@ -42,7 +42,7 @@ func verifyStream(t *testing.T, r Resolver, msg string, max int) []DKIM {
 }
 
 func TestDKIM(t *testing.T) {
-	d := testdns.New(t)
+	d := testutil.NewDNSServer(t)
 	rsaKey := dkimtest.NewRSA(t, "sender.example", "rsa1")
 	edKey := dkimtest.NewEd25519(t, "sender.example", "ed1")
 	otherKey := dkimtest.NewRSA(t, "sender.example", "wrong")

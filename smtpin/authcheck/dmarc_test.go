@@ -6,11 +6,11 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/postie/postie/smtpin/internal/testdns"
+	"github.com/postie/postie/internal/testutil"
 )
 
 func TestLookupDMARC(t *testing.T) {
-	d := testdns.New(t)
+	d := testutil.NewDNSServer(t)
 	d.Add("_dmarc.reject.example", "TXT", "v=DMARC1; p=reject; adkim=s; aspf=s")
 	d.Add("_dmarc.org.example", "TXT", "v=DMARC1; p=quarantine; sp=reject; pct=50")
 	d.Add("_dmarc.nosp.example", "TXT", "v=DMARC1; p=none")

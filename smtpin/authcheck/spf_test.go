@@ -8,14 +8,14 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/postie/postie/smtpin/internal/testdns"
+	"github.com/postie/postie/internal/testutil"
 )
 
 var loopback = net.ParseIP("127.0.0.1")
 
 // TestCheckSPF runs each SPF outcome against a real DNS server on loopback.
 func TestCheckSPF(t *testing.T) {
-	d := testdns.New(t)
+	d := testutil.NewDNSServer(t)
 	d.Add("pass.example", "TXT", "v=spf1 ip4:127.0.0.0/8 -all")
 	d.Add("fail.example", "TXT", "v=spf1 ip4:192.0.2.1 -all")
 	d.Add("softfail.example", "TXT", "v=spf1 ~all")
