@@ -164,7 +164,9 @@ func (s *session) authenticate(user, password string) reply {
 	}
 	start := time.Now()
 	login, err := s.srv.deps.Store.Authenticate(user, password)
-	if !s.padAuth(start) {
+	// Only failures are padded: a success says so in its +OK anyway, and
+	// what must not show is which kind of failure it was.
+	if err != nil && !s.padAuth(start) {
 		r := fail("SYS/TEMP", "server shutting down")
 		r.close = true
 		return r
@@ -239,9 +241,9 @@ func userKey(user string) string {
 }
 
 // padAuth waits until AuthDuration, plus up to 20% jitter, has passed since
-// start, so every password check takes about the same time (the spool's
-// dummy hash for unknown users makes the work the same; this hides what
-// remains). It returns false if the server shut down meanwhile.
+// start, so every failed password check takes about the same time (the
+// spool's dummy hash for unknown users makes the work the same; this hides
+// what remains). It returns false if the server shut down meanwhile.
 func (s *session) padAuth(start time.Time) bool {
 	d := s.st.cfg.AuthDuration.D()
 	if d <= 0 {

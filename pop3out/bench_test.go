@@ -149,8 +149,8 @@ func BenchmarkHeapGrowth50MiB(b *testing.B) {
 }
 
 // BenchmarkLogin times a login with an unknown user, a wrong password and
-// the right one, with the default AuthDuration padding: the three should
-// take the same time (RELIABILITY T2). No penalty applies: each failure is
+// the right one, with the default AuthDuration padding: the two failures
+// should take the same time (RELIABILITY T2); the success is not padded. No penalty applies: each failure is
 // forgiven before the next attempt.
 //
 //	go test -run XXX -bench Login ./pop3out/

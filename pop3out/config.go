@@ -54,9 +54,10 @@ type Config struct {
 	MaxConnections      int `toml:"max_connections"`
 	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
 
-	// AuthDuration is the time every password check takes, whatever its
-	// outcome (padded, with up to 20% jitter), so that timing says nothing
-	// about whether the account exists.
+	// AuthDuration is the time every failed password check takes (padded,
+	// with up to 20% jitter), so that timing says nothing about whether the
+	// account exists. A successful login is not padded: its +OK says more
+	// than its timing could.
 	AuthDuration units.Duration `toml:"auth_duration"`
 	// FailedLoginDelay is how long the next login from a client network,
 	// or to an account, waits after a failure; it doubles with each further
