@@ -210,8 +210,9 @@ type server struct {
 
 // serverOptions adjust a test server's config.
 type serverOptions struct {
-	extra string // more TOML, appended (tables only)
-	top   string // more top-level TOML keys
+	extra     string // more TOML, appended (tables only)
+	top       string // more top-level TOML keys
+	logFormat string // [log] format; "" means text
 }
 
 const (
@@ -235,6 +236,10 @@ func newServer(t testing.TB, o serverOptions) *server {
 	s.pop3 = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	s.pop3s = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	s.metrics = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+	logFormat := o.logFormat
+	if logFormat == "" {
+		logFormat = "text"
+	}
 	cfg := fmt.Sprintf(`hostname = %q
 domains = [%q]
 data_dir = %q
@@ -242,6 +247,7 @@ data_dir = %q
 
 [log]
 level = "debug"
+format = %q
 
 [dns]
 resolver = %q
@@ -265,7 +271,7 @@ https_listen = ""
 [metrics]
 listen = %q
 %s
-`, hostname, domain, filepath.Join(dir, "data"), o.top, s.dns.Addr, s.smtp, s.pop3, s.pop3s, certFile, keyFile, s.metrics, o.extra)
+`, hostname, domain, filepath.Join(dir, "data"), o.top, logFormat, s.dns.Addr, s.smtp, s.pop3, s.pop3s, certFile, keyFile, s.metrics, o.extra)
 	s.config = filepath.Join(dir, "postie.toml")
 	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
