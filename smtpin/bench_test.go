@@ -31,7 +31,6 @@ import (
 func benchEnv(b testing.TB, record bool) (*env, *dkimtest.Key) {
 	e := newEnv(b, func(c *Config, d *Deps) {
 		c.MaxConnectionsPerIP = 64
-		c.MaxCommands = 1 << 30 // connections reused for the whole run
 		if !record {
 			d.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		}

@@ -36,7 +36,10 @@ type Config struct {
 	// connections over a limit get 421 4.7.0.
 	MaxConnections      int `toml:"max_connections"`
 	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
-	// MaxCommands bounds the commands of one session.
+	// MaxCommands bounds the commands a session may send without getting a
+	// message accepted (junk loops, probes); each accepted message starts
+	// the count again, so an MTA may deliver any number of messages over
+	// one connection within SessionTimeout.
 	MaxCommands int `toml:"max_commands"`
 	// MaxErrors bounds the commands of one session that this server
 	// refuses (a refused recipient, a bad sender); the session ends with

@@ -42,7 +42,7 @@ type conn struct {
 	unknown atomic.Int32
 
 	mu             sync.Mutex
-	commands       int             // command lines go-smtp has started to read
+	commands       int             // command lines since the last accepted message
 	waitingCommand bool            // waiting for a command that has not started to arrive
 	dataMode       bool            // inside DATA: reads get the data-rate deadline
 	dataBudget     time.Duration   // how long the next DATA read may wait
@@ -92,6 +92,15 @@ func connOf(sc *smtp.Conn) *conn {
 	}
 	c, _ := nc.(*conn)
 	return c
+}
+
+// delivered resets the command count after an accepted message: the limit
+// is on commands that deliver nothing (junk loops, probes), not on how much
+// mail an MTA sends over one connection.
+func (c *conn) delivered() {
+	c.mu.Lock()
+	c.commands = 0
+	c.mu.Unlock()
 }
 
 // SetReadDeadline is called by go-smtp before it reads each command line

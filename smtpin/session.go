@@ -239,6 +239,7 @@ func (s *session) logTransaction(t *transaction, res *result) {
 	if res.reply == nil {
 		attrs = append(attrs, "code", 250, "id", res.id.String())
 		s.c.log.Info("message accepted", attrs...)
+		s.c.delivered()
 		s.s.metrics.SMTPAccepted(res.size)
 		return
 	}
