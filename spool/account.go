@@ -334,6 +334,9 @@ func (s *Store) Authenticate(addr, password string) (Login, error) {
 	if d, ok := matchDevice(a, password); ok {
 		return Login{Account: a.Address, Device: d.ID, DeviceName: d.Name}, nil
 	}
+	if s.auth.hit(a.Address, a.Hash, password) {
+		return Login{Account: a.Address}, nil
+	}
 	ok, err := s.check(a.Hash, password)
 	if err != nil {
 		return Login{}, fmt.Errorf("spool: account %s: %w", a.Address, err)
@@ -341,6 +344,7 @@ func (s *Store) Authenticate(addr, password string) (Login, error) {
 	if !ok {
 		return Login{}, ErrAuthFailed
 	}
+	s.auth.remember(a.Address, a.Hash, password)
 	return Login{Account: a.Address}, nil
 }
 

@@ -75,6 +75,11 @@ type Options struct {
 	// DeviceDeleteGrace removes a message this long after the first device
 	// deleted it, even if other devices have not. Default 90 days.
 	DeviceDeleteGrace units.Duration `toml:"device_delete_grace"`
+	// AuthCacheTTL is how long a successful check of an account password
+	// is remembered, so that a client polling every few minutes does not
+	// cost an argon2 hash each time (Dovecot's auth cache). Changing the
+	// password forgets it at once. 0 turns the cache off.
+	AuthCacheTTL units.Duration `toml:"auth_cache_ttl"`
 
 	// ChunkSize is the size of one stored body chunk. Default 64 KiB.
 	ChunkSize int `toml:"-"`
@@ -100,6 +105,7 @@ func DefaultOptions() Options {
 	return Options{
 		DeviceIdle:        units.Duration(30 * 24 * time.Hour),
 		DeviceDeleteGrace: units.Duration(90 * 24 * time.Hour),
+		AuthCacheTTL:      units.Duration(time.Hour),
 	}
 }
 
@@ -169,6 +175,8 @@ type Store struct {
 	// dummyHash is checked against for unknown accounts, so that an
 	// unknown address costs the same time as a wrong password.
 	dummyHash string
+	// auth remembers recent successful password checks.
+	auth *authCache
 
 	chunkPool sync.Pool
 	readPool  sync.Pool // *[]byte of readBatch+ChunkSize capacity, for messageReader
@@ -218,6 +226,7 @@ func Open(opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	s.auth = newAuthCache(opts.AuthCacheTTL.D(), opts.Now)
 	s.dummyHash, err = hashPassword("postie dummy password for unknown users", opts.HashParams)
 	if err != nil {
 		db.Close()
