@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"fmt"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -92,5 +94,115 @@ func TestTwoDevicesWithRealClients(t *testing.T) {
 		// The account password sees mail from before, minus what the
 		// devices' deletions removed: all of it was removed.
 		t.Fatalf("the account password's view: %q", out)
+	}
+}
+
+// stored returns the number of messages in an account's mailbox, as "postie
+// user list" shows it.
+func (s *server) stored(t *testing.T, addr string) int {
+	t.Helper()
+	out := s.postie(t, "", "user", "list")
+	m := regexp.MustCompile(regexp.QuoteMeta(addr) + `\s+(\d+)\s`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("user list has no %s:\n%s", addr, out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// TestThreeDevicesOverSockets holds POP3 sessions of three devices of one
+// account at once, over real TLS sockets against the real binary: the same
+// device twice is [IN-USE], different devices are not; each deletes from its
+// own view; a message leaves the spool exactly when the last device that
+// wants it deletes it; the account password behaves as before.
+func TestThreeDevicesOverSockets(t *testing.T) {
+	tool(t, "swaks")
+	s := newServer(t, serverOptions{})
+	alice := "alice@" + domain
+	s.addUser(t, alice)
+	pw := map[string]string{}
+	for _, d := range []string{"phone", "laptop", "tablet"} {
+		pw[d] = s.devicePassword(t, alice, d)
+	}
+	s.sendMail(t, alice, "one")
+	s.sendMail(t, alice, "two")
+
+	// Concurrent logins of three devices; a second phone session is refused.
+	sess := map[string]*pop3{}
+	for _, d := range []string{"phone", "laptop", "tablet"} {
+		sess[d] = dialPOP3(t, s)
+		sess[d].login(alice, pw[d], "+OK")
+	}
+	again := dialPOP3(t, s)
+	again.login(alice, pw["phone"], "-ERR [IN-USE]")
+	// Same UIDLs everywhere.
+	u := sess["phone"].uidls()
+	for _, d := range []string{"laptop", "tablet"} {
+		if got := sess[d].uidls(); fmt.Sprint(got) != fmt.Sprint(u) {
+			t.Fatalf("%s sees UIDLs %v, the phone %v", d, got, u)
+		}
+	}
+	// The phone deletes "one"; the laptop deletes both; the tablet nothing.
+	sess["phone"].cmd("+OK", "DELE 1")
+	sess["phone"].quit()
+	sess["laptop"].cmd("+OK", "DELE 1")
+	sess["laptop"].cmd("+OK", "DELE 2")
+	sess["laptop"].quit()
+	sess["tablet"].quit()
+	if n := s.stored(t, alice); n != 2 {
+		t.Fatalf("the tablet still wants both: %d stored, want 2", n)
+	}
+	views := map[string]int{}
+	for _, d := range []string{"phone", "laptop", "tablet"} {
+		p := dialPOP3(t, s)
+		p.login(alice, pw[d], "+OK")
+		views[d] = len(p.uidls())
+		p.quit()
+	}
+	if views["phone"] != 1 || views["laptop"] != 0 || views["tablet"] != 2 {
+		t.Fatalf("views after the deletions: %v", views)
+	}
+	// The tablet deletes "one": every device has now deleted it, so it
+	// leaves the spool; "two" stays for the phone and the tablet.
+	p := dialPOP3(t, s)
+	p.login(alice, pw["tablet"], "+OK")
+	if subj := p.subject(1); subj != "one" {
+		t.Fatalf("the tablet's message 1 is %q", subj)
+	}
+	p.cmd("+OK", "DELE 1")
+	p.quit()
+	if n := s.stored(t, alice); n != 1 {
+		t.Fatalf("after the last device deleted \"one\": %d stored, want 1", n)
+	}
+	// Revoking the phone and the tablet leaves nobody wanting "two" but...
+	// the account password has never logged in, so it holds no claim.
+	s.postie(t, "", "device", "del", alice, "phone")
+	if n := s.stored(t, alice); n != 1 {
+		t.Fatalf("the tablet still wants \"two\": %d stored, want 1", n)
+	}
+	s.postie(t, "", "device", "del", alice, "tablet")
+	if n := s.stored(t, alice); n != 0 {
+		t.Fatalf("after revoking every device that wanted it: %d stored, want 0", n)
+	}
+	// The account password alone: fetch and delete as ever.
+	s.sendMail(t, alice, "three")
+	p = dialPOP3(t, s)
+	p.login(alice, password, "+OK")
+	if subj := p.subject(1); subj != "three" {
+		t.Fatalf("the account password's message 1 is %q", subj)
+	}
+	p.cmd("+OK", "DELE 1")
+	p.quit()
+	// The laptop (the one device left) was active and has not deleted
+	// "three", so it stays until the laptop deletes it too.
+	if n := s.stored(t, alice); n != 1 {
+		t.Fatalf("the laptop still wants \"three\": %d stored, want 1", n)
+	}
+	p = dialPOP3(t, s)
+	p.login(alice, pw["laptop"], "+OK")
+	p.cmd("+OK", "DELE 1")
+	p.quit()
+	if n := s.stored(t, alice); n != 0 {
+		t.Fatalf("after the account password and the laptop deleted it: %d stored", n)
 	}
 }
