@@ -16,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/postie/postie/internal/control"
+	"github.com/postie/postie/internal/units"
 	"github.com/postie/postie/spool"
 )
 
@@ -101,7 +102,7 @@ func cmdUser(env *cliEnv, args []string) error {
 		return errUsage
 	}
 	verb, args := args[0], args[1:]
-	nargs := map[string]int{"add": 1, "passwd": 1, "del": 1, "list": 0}
+	nargs := map[string]int{"add": 1, "passwd": 1, "del": 1, "list": 0, "quota": 2}
 	n, ok := nargs[verb]
 	if !ok {
 		return errUsage
@@ -128,11 +129,26 @@ func cmdUser(env *cliEnv, args []string) error {
 		}
 		return tw.Flush()
 	}
-	_, a, addr, _, err := accountCommand("user "+verb, args, n)
+	_, a, addr, rest, err := accountCommand("user "+verb, args, n)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
+	if verb == "quota" {
+		n, err := units.ParseSize(rest[0])
+		if err != nil {
+			return err
+		}
+		if err := a.SetQuota(ctx, addr, n.Bytes()); err != nil {
+			return err
+		}
+		if n == 0 {
+			fmt.Fprintf(env.stdout, "%s: quota set to the default ([spool] quota)%s\n", addr, liveNote(a))
+		} else {
+			fmt.Fprintf(env.stdout, "%s: quota set to %s%s\n", addr, n, liveNote(a))
+		}
+		return nil
+	}
 	if verb == "del" {
 		if err := a.DeleteAccount(ctx, addr); err != nil {
 			return err

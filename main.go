@@ -33,7 +33,7 @@ func commandTable() map[string]command {
 	table := map[string]command{
 		"serve":   {"[-config FILE]", "run everything the config enables", cmdServe},
 		"local":   {"[-dir DIR]", "try Postie on this machine: loopback ports, self-signed certificate, a test account", cmdLocal},
-		"user":    {"add|passwd|del|list [ADDRESS] [-config FILE]", "manage accounts (the password is read from standard input)", cmdUser},
+		"user":    {"add|passwd|del|list|quota [ADDRESS] [SIZE] [-config FILE]", "manage accounts (the password is read from standard input)", cmdUser},
 		"device":  {"add ADDRESS NAME [-all] | list ADDRESS | del ADDRESS NAME", "manage per-device passwords of an account", cmdDevice},
 		"restore": {"ADDRESS [-config FILE]", "bring back the messages a client deleted, while retention keeps them", cmdRestore},
 		"backup":  {"FILE [-config FILE]", "write a consistent copy of the spool, also while the server runs", cmdBackup},

@@ -239,3 +239,29 @@ func TestServeRefusesADamagedSpool(t *testing.T) {
 		t.Fatalf("verify on a damaged spool: %v\n%s", err, out)
 	}
 }
+
+// TestQuotaFromTheCommandLine sets an account's quota with "postie user
+// quota" while the server runs: mail that would go over it gets a
+// temporary 452 4.2.2 (the sender keeps it and retries), mail within it
+// is delivered.
+func TestQuotaFromTheCommandLine(t *testing.T) {
+	tool(t, "swaks")
+	s := newServer(t, serverOptions{})
+	alice := "alice@" + domain
+	s.addUser(t, alice)
+	if out := s.postie(t, "", "user", "quota", alice, "4KiB"); !strings.Contains(out, "quota set to 4KiB") {
+		t.Fatalf("user quota: %s", out)
+	}
+	s.sendMail(t, alice, "small")
+	out, _ := exec.Command("swaks", "--server", s.smtp, "--from", "a@elsewhere.test", "--to", alice,
+		"--body", strings.Repeat("0123456789abcdef\n", 400)).CombinedOutput()
+	if !strings.Contains(string(out), "452 4.2.2") {
+		t.Fatalf("a message over the quota was not refused with 452 4.2.2:\n%s", out)
+	}
+	if list := s.postie(t, "", "user", "list"); !strings.Contains(list, "4.0 KiB") {
+		t.Fatalf("user list does not show the quota:\n%s", list)
+	}
+	if n := s.stored(t, alice); n != 1 {
+		t.Fatalf("%d messages stored, want 1", n)
+	}
+}

@@ -81,6 +81,12 @@ func (c *Client) DeleteAccount(ctx context.Context, addr string) error {
 	return err
 }
 
+// SetQuota implements Admin.
+func (c *Client) SetQuota(ctx context.Context, addr string, n int64) error {
+	_, err := c.do(ctx, request{Op: "user.quota", Address: addr, Bytes: n}, nil)
+	return err
+}
+
 // Accounts implements Admin.
 func (c *Client) Accounts(ctx context.Context) ([]spool.AccountInfo, error) {
 	r, err := c.do(ctx, request{Op: "user.list"}, nil)

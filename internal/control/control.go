@@ -32,6 +32,7 @@ type Admin interface {
 	AddAccount(ctx context.Context, addr, password string) error
 	SetPassword(ctx context.Context, addr, password string) error
 	DeleteAccount(ctx context.Context, addr string) error
+	SetQuota(ctx context.Context, addr string, bytes int64) error
 	Accounts(ctx context.Context) ([]spool.AccountInfo, error)
 	AddDevice(ctx context.Context, addr, name string, all bool) (string, error)
 	Devices(ctx context.Context, addr string) ([]spool.DeviceInfo, error)
@@ -83,6 +84,9 @@ func (l local) SetPassword(ctx context.Context, addr, pw string) error {
 }
 func (l local) DeleteAccount(ctx context.Context, addr string) error {
 	return l.s.DeleteAccount(ctx, addr)
+}
+func (l local) SetQuota(ctx context.Context, addr string, n int64) error {
+	return l.s.SetQuota(ctx, addr, n)
 }
 func (l local) Accounts(context.Context) ([]spool.AccountInfo, error) { return l.s.Accounts() }
 func (l local) AddDevice(ctx context.Context, addr, name string, all bool) (string, error) {

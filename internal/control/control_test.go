@@ -50,8 +50,11 @@ func exercise(t *testing.T, a Admin) {
 	if err := a.DeleteDevice(ctx, "alice@example.com", "phone"); err != nil {
 		t.Fatal(err)
 	}
+	if err := a.SetQuota(ctx, "alice@example.com", 12345); err != nil {
+		t.Fatal(err)
+	}
 	accts, err := a.Accounts(ctx)
-	if err != nil || len(accts) != 1 || accts[0].Address != "alice@example.com" {
+	if err != nil || len(accts) != 1 || accts[0].Address != "alice@example.com" || accts[0].Quota != 12345 {
 		t.Fatalf("Accounts: %+v, %v", accts, err)
 	}
 	if _, err := a.Restore(ctx, "alice@example.com"); !errors.Is(err, spool.ErrNotRetained) {

@@ -23,6 +23,7 @@ type request struct {
 	Password string `json:"password,omitempty"`
 	Name     string `json:"name,omitempty"`
 	All      bool   `json:"all,omitempty"`
+	Bytes    int64  `json:"bytes,omitempty"`
 }
 
 // reply is the answer line.
@@ -150,6 +151,8 @@ func (s *Server) handle(c *net.UnixConn) {
 		err = admin.SetPassword(ctx, req.Address, req.Password)
 	case "user.del":
 		err = admin.DeleteAccount(ctx, req.Address)
+	case "user.quota":
+		err = admin.SetQuota(ctx, req.Address, req.Bytes)
 	case "user.list":
 		r.Accounts, err = admin.Accounts(ctx)
 	case "device.add":
