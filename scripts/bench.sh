@@ -19,6 +19,7 @@ tmp=${BENCH_TMP:-/tmp/bench}
 state=$tmp/postie
 [ -x "$bench/run.sh" ] || { echo "no harness at $bench (set BENCH_DIR)" >&2; exit 1; }
 export PATH="/usr/local/go/bin:$PATH"
+export GOTOOLCHAIN=auto # build with the release go.mod names, as CI does
 export RESULTS_DIR=${RESULTS_DIR:-$tmp/results}
 rm -rf "$state" && mkdir -p "$state"
 (cd "$here" && go build -o "$state/postie" .)
