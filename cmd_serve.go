@@ -89,6 +89,7 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 		if dns, err = resolver.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()); err != nil {
 			return err
 		}
+		dns = resolver.Cache(dns, cfg.DNS.CacheEntries, cfg.DNS.CacheMaxTTL.D())
 	}
 
 	var web http.Handler

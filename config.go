@@ -56,8 +56,10 @@ type LogConfig struct {
 
 // DNSConfig is the [dns] table.
 type DNSConfig struct {
-	Resolver string         `toml:"resolver"` // host:port; empty: the system's
-	Timeout  units.Duration `toml:"timeout"`
+	Resolver     string         `toml:"resolver"` // host:port; empty: the system's
+	Timeout      units.Duration `toml:"timeout"`
+	CacheEntries int            `toml:"cache_entries"` // 0: no cache
+	CacheMaxTTL  units.Duration `toml:"cache_max_ttl"`
 }
 
 // MetricsConfig is the [metrics] table.
@@ -82,7 +84,7 @@ func DefaultConfig() Config {
 		DataDir:       "/var/lib/postie",
 		PlusSeparator: "+",
 		Log:           LogConfig{Format: "text", Level: "info"},
-		DNS:           DNSConfig{Timeout: units.Duration(5e9)},
+		DNS:           DNSConfig{Timeout: units.Duration(5e9), CacheEntries: 4096, CacheMaxTTL: units.Duration(time.Hour)},
 		Spool:         spool.DefaultOptions(),
 		SMTP:          smtpin.DefaultConfig(),
 		POP3:          pop3out.DefaultConfig(),
@@ -211,6 +213,12 @@ func (c *Config) Validate() error {
 		if _, err := netip.ParseAddr(a); err != nil {
 			add("public_addresses: %q is not an IP address", a)
 		}
+	}
+	if c.DNS.CacheEntries < 0 || c.DNS.CacheEntries > 1<<20 {
+		add("dns.cache_entries: %d: want 0 (no cache) to 1048576, e.g. 4096", c.DNS.CacheEntries)
+	}
+	if c.DNS.CacheEntries > 0 && c.DNS.CacheMaxTTL.D() <= 0 {
+		add("dns.cache_max_ttl: %v: want a positive duration, e.g. \"1h\"", c.DNS.CacheMaxTTL.D())
 	}
 	if q := c.Watchdog.QuotaWarning; q < 0 || q > 1 {
 		add("watchdog.quota_warning: %v: want a fraction between 0 (off) and 1, e.g. 0.9", q)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/emersion/go-msgauth/dkim"
 
+	"github.com/postie/postie/internal/resolver"
 	"github.com/postie/postie/smtpin/internal/dkimtest"
 )
 
@@ -27,12 +28,17 @@ import (
 // every message costs an SPF lookup, a DKIM key lookup and verification,
 // and a DMARC lookup, as mail from a careful sender does. Unless record
 // is set, the log goes through slog's text handler at Info, as in
-// production, to io.Discard.
-func benchEnv(b testing.TB, record bool) (*env, *dkimtest.Key) {
+// production, to io.Discard. With dnsCache, the resolver keeps answers as
+// "postie serve" does by default ([dns] cache_entries); without it, every
+// lookup of every message goes to the DNS server.
+func benchEnv(b testing.TB, record, dnsCache bool) (*env, *dkimtest.Key) {
 	e := newEnv(b, func(c *Config, d *Deps) {
 		c.MaxConnectionsPerIP = 64
 		if !record {
 			d.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		}
+		if dnsCache {
+			d.Resolver = resolver.Cache(d.Resolver.(*net.Resolver), 4096, time.Hour)
 		}
 	})
 	key := dkimtest.NewRSA(b, "sender.example", "bench")
@@ -137,56 +143,58 @@ func (c *benchClient) close() {
 func BenchmarkDelivery(b *testing.B) {
 	for _, size := range []int{1 << 10, 1 << 20} {
 		for _, conns := range []int{1, 8, 32} {
-			b.Run(fmt.Sprintf("size=%s/conns=%d", sizeName(size), conns), func(b *testing.B) {
-				e, key := benchEnv(b, false)
-				msg := benchMessage(b, key, size)
-				clients := make([]*benchClient, conns)
-				for i := range clients {
-					c, err := dialBench(e.addr)
-					if err != nil {
+			for _, dns := range []string{"uncached", "cached"} {
+				b.Run(fmt.Sprintf("size=%s/conns=%d/dns=%s", sizeName(size), conns, dns), func(b *testing.B) {
+					e, key := benchEnv(b, false, dns == "cached")
+					msg := benchMessage(b, key, size)
+					clients := make([]*benchClient, conns)
+					for i := range clients {
+						c, err := dialBench(e.addr)
+						if err != nil {
+							b.Fatal(err)
+						}
+						clients[i] = c
+					}
+					var next atomic.Int64
+					var wg sync.WaitGroup
+					errs := make(chan error, conns)
+					b.SetBytes(int64(len(msg)))
+					b.ResetTimer()
+					cpu0 := processCPU()
+					start := time.Now()
+					for i, c := range clients {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							for n := next.Add(1); n <= int64(b.N); n = next.Add(1) {
+								if err := c.send(fmt.Sprintf("bench%d@example.test", (int(n)+i)%8+1), msg, nil); err != nil {
+									errs <- err
+									return
+								}
+							}
+						}()
+					}
+					wg.Wait()
+					elapsed := time.Since(start)
+					cpu := processCPU() - cpu0
+					b.StopTimer()
+					close(errs)
+					for err := range errs {
 						b.Fatal(err)
 					}
-					clients[i] = c
-				}
-				var next atomic.Int64
-				var wg sync.WaitGroup
-				errs := make(chan error, conns)
-				b.SetBytes(int64(len(msg)))
-				b.ResetTimer()
-				cpu0 := processCPU()
-				start := time.Now()
-				for i, c := range clients {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						for n := next.Add(1); n <= int64(b.N); n = next.Add(1) {
-							if err := c.send(fmt.Sprintf("bench%d@example.test", (int(n)+i)%8+1), msg, nil); err != nil {
-								errs <- err
-								return
-							}
-						}
-					}()
-				}
-				wg.Wait()
-				elapsed := time.Since(start)
-				cpu := processCPU() - cpu0
-				b.StopTimer()
-				close(errs)
-				for err := range errs {
-					b.Fatal(err)
-				}
-				for _, c := range clients {
-					c.close()
-				}
-				b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
-				b.ReportMetric(float64(b.N)*float64(len(msg))/elapsed.Seconds()/(1<<20), "MiB/s")
-				// CPU of the whole process (server, clients and DNS server)
-				// per message: steadier than throughput on a shared machine.
-				b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
-				if st, err := e.store.Stats(); err != nil || st.Messages != b.N {
-					b.Fatalf("%d messages stored for %d sent (%v)", st.Messages, b.N, err)
-				}
-			})
+					for _, c := range clients {
+						c.close()
+					}
+					b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+					b.ReportMetric(float64(b.N)*float64(len(msg))/elapsed.Seconds()/(1<<20), "MiB/s")
+					// CPU of the whole process (server, clients and DNS server)
+					// per message: steadier than throughput on a shared machine.
+					b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
+					if st, err := e.store.Stats(); err != nil || st.Messages != b.N {
+						b.Fatalf("%d messages stored for %d sent (%v)", st.Messages, b.N, err)
+					}
+				})
+			}
 		}
 	}
 }
@@ -234,7 +242,7 @@ func bigBody(w io.Writer, n int) error {
 // without the spool file's mmap), both sampled every 10ms, and the peak
 // RSS of the whole process (VmHWM).
 func memoryRun(t testing.TB, clients, size int) (peakHeap, peakAnon, rss uint64) {
-	e, key := benchEnv(t, true)
+	e, key := benchEnv(t, true, false)
 	// Sign the body once, streaming it through the signer.
 	hdr := "From: Bench <bench@sender.example>\r\nTo: bench@example.test\r\nSubject: big\r\n\r\n"
 	signer, err := dkim.NewSigner(&dkim.SignOptions{Domain: key.Domain, Selector: key.Selector, Signer: key.Signer, HeaderKeys: []string{"From", "To", "Subject"}})
@@ -350,7 +358,7 @@ func TestMemoryBounded(t *testing.T) {
 	if raceEnabled {
 		clients, size = 4, 8<<20
 	}
-	e, key := benchEnv(t, true)
+	e, key := benchEnv(t, true, false)
 	hdr := "From: Bench <bench@sender.example>\r\nTo: bench@example.test\r\nSubject: big\r\n\r\n"
 	signer, err := dkim.NewSigner(&dkim.SignOptions{Domain: key.Domain, Selector: key.Selector, Signer: key.Signer, HeaderKeys: []string{"From", "To", "Subject"}})
 	if err != nil {
