@@ -1,16 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	toml "github.com/pelletier/go-toml/v2"
+	"github.com/pelletier/go-toml/v2/unstable"
 
 	"github.com/postie/postie/internal/units"
 	"github.com/postie/postie/pop3out"
@@ -84,12 +87,12 @@ func DefaultConfig() Config {
 		DataDir:       "/var/lib/postie",
 		PlusSeparator: "+",
 		Log:           LogConfig{Format: "text", Level: "info"},
-		DNS:           DNSConfig{Timeout: units.Duration(5e9), CacheEntries: 4096, CacheMaxTTL: units.Duration(time.Hour)},
+		DNS:           DNSConfig{Timeout: units.DurationOf(5e9), CacheEntries: 4096, CacheMaxTTL: units.DurationOf(time.Hour)},
 		Spool:         spool.DefaultOptions(),
 		SMTP:          smtpin.DefaultConfig(),
 		POP3:          pop3out.DefaultConfig(),
 		TLS:           tlsauto.DefaultConfig(),
-		Watchdog:      WatchdogConfig{FetchOverdue: units.Duration(72 * time.Hour), QuotaWarning: 0.9},
+		Watchdog:      WatchdogConfig{FetchOverdue: units.DurationOf(72 * time.Hour), QuotaWarning: 0.9},
 	}
 }
 
@@ -105,11 +108,16 @@ func LoadConfig(path string) (Config, error) {
 }
 
 func parseConfig(name string, r io.Reader) (Config, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxConfigSize+1))
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", name, err)
+	}
+	if len(data) > maxConfigSize {
+		return Config{}, fmt.Errorf("config %s: larger than %d bytes", name, maxConfigSize)
+	}
 	c := DefaultConfig()
-	dec := toml.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return Config{}, decodeError(name, err)
+	if err := decodeStrict(data, &c); err != nil {
+		return Config{}, decodeError(name, data, err)
 	}
 	c.spread()
 	if err := c.Validate(); err != nil {
@@ -118,8 +126,18 @@ func parseConfig(name string, r io.Reader) (Config, error) {
 	return c, nil
 }
 
+// maxConfigSize bounds the config file; a real one is a few KiB.
+const maxConfigSize = 1 << 20
+
+// decodeStrict decodes TOML into c, refusing unknown keys.
+func decodeStrict(data []byte, c *Config) error {
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	return dec.Decode(c)
+}
+
 // decodeError turns go-toml's errors into "file:line: key: problem".
-func decodeError(name string, err error) error {
+func decodeError(name string, data []byte, err error) error {
 	var de *toml.DecodeError
 	var se *toml.StrictMissingError
 	switch {
@@ -141,7 +159,58 @@ func decodeError(name string, err error) error {
 		}
 		return fmt.Errorf("config %s:%d: %s", name, row, msg)
 	}
+	if row, key, ok := locateError(data); ok {
+		return fmt.Errorf("config %s:%d: %s: %w", name, row, key, err)
+	}
 	return fmt.Errorf("config %s: %w", name, err)
+}
+
+// locateError finds the key-value behind a decode error that go-toml gave no
+// position: it does not place errors from UnmarshalText when the value is a
+// bare number (a duration written as 30 instead of "30s"). Each key-value is
+// decoded again on its own, under its table header, and the first that fails
+// is the culprit.
+func locateError(data []byte) (row int, key string, ok bool) {
+	var p unstable.Parser
+	p.Reset(data)
+	var header string
+	for p.NextExpression() {
+		e := p.Expression()
+		switch e.Kind {
+		case unstable.Table:
+			header = "[" + tomlKey(e.Key()) + "]\n"
+		case unstable.ArrayTable:
+			header = "[[" + tomlKey(e.Key()) + "]]\n"
+		case unstable.KeyValue:
+			v := e.Value()
+			if v == nil || v.Raw.Length == 0 {
+				continue
+			}
+			k := tomlKey(e.Key())
+			doc := header + k + " = " + string(p.Raw(v.Raw)) + "\n"
+			c := DefaultConfig()
+			if decodeStrict([]byte(doc), &c) == nil {
+				continue
+			}
+			it := e.Key()
+			it.Next()
+			full := k
+			if h := strings.Trim(header, "[]\n"); h != "" {
+				full = h + "." + k
+			}
+			return p.Shape(it.Node().Raw).Start.Line, strings.ReplaceAll(full, `"`, ""), true
+		}
+	}
+	return 0, "", false
+}
+
+// tomlKey writes a dotted key with every part quoted.
+func tomlKey(it unstable.Iterator) string {
+	var parts []string
+	for it.Next() {
+		parts = append(parts, strconv.Quote(string(it.Node().Data)))
+	}
+	return strings.Join(parts, ".")
 }
 
 // spread copies the top-level keys into the parts that need them.

@@ -87,19 +87,19 @@ func DefaultConfig() Config {
 		Listen:                 []string{":110"},
 		ListenTLS:              []string{":995"},
 		PlaintextLoginNetworks: []string{"127.0.0.0/8", "::1/128"},
-		IdleTimeout:            units.Duration(10 * time.Minute),
-		LoginTimeout:           units.Duration(3 * time.Minute),
-		SessionTimeout:         units.Duration(2 * time.Hour),
-		WriteTimeout:           units.Duration(2 * time.Minute),
+		IdleTimeout:            units.DurationOf(10 * time.Minute),
+		LoginTimeout:           units.DurationOf(3 * time.Minute),
+		SessionTimeout:         units.DurationOf(2 * time.Hour),
+		WriteTimeout:           units.DurationOf(2 * time.Minute),
 		MaxLineLength:          8 << 10,
 		MaxErrors:              10,
 		MaxAuthFailures:        3,
 		MaxConnections:         100,
 		MaxConnectionsPerIP:    10,
-		AuthDuration:           units.Duration(100 * time.Millisecond),
-		FailedLoginDelay:       units.Duration(2 * time.Second),
-		FailedLoginDelayMax:    units.Duration(15 * time.Second),
-		FailedLoginForget:      units.Duration(10 * time.Minute),
+		AuthDuration:           units.DurationOf(100 * time.Millisecond),
+		FailedLoginDelay:       units.DurationOf(2 * time.Second),
+		FailedLoginDelayMax:    units.DurationOf(15 * time.Second),
+		FailedLoginForget:      units.DurationOf(10 * time.Minute),
 	}
 }
 
@@ -118,7 +118,7 @@ func (c *Config) Validate() error {
 	if n := c.MaxLineLength.Bytes(); n > 0 && n < 512 {
 		add("max_line_length", "%s is too small: at least 512 bytes (RFC 2449 §4 commands, AUTH PLAIN responses)", c.MaxLineLength)
 	}
-	if c.SessionTimeout > 0 && c.IdleTimeout > c.SessionTimeout {
+	if c.SessionTimeout.D() > 0 && c.IdleTimeout.D() > c.SessionTimeout.D() {
 		add("idle_timeout", "%s is longer than session_timeout (%s)", c.IdleTimeout, c.SessionTimeout)
 	}
 	if c.MaxConnections > 0 && c.MaxConnectionsPerIP > c.MaxConnections {
@@ -153,7 +153,7 @@ func (c *Config) check() []error {
 		}
 	}
 	positive := func(key string, d units.Duration) {
-		if d <= 0 {
+		if d.D() <= 0 {
 			add(key, "must be more than 0, e.g. \"10m\"")
 		}
 	}
@@ -163,13 +163,13 @@ func (c *Config) check() []error {
 	positive("write_timeout", c.WriteTimeout)
 	positive("failed_login_delay", c.FailedLoginDelay)
 	positive("failed_login_forget", c.FailedLoginForget)
-	if c.FailedLoginDelayMax < c.FailedLoginDelay {
+	if c.FailedLoginDelayMax.D() < c.FailedLoginDelay.D() {
 		add("failed_login_delay_max", "%s is less than failed_login_delay (%s)", c.FailedLoginDelayMax, c.FailedLoginDelay)
 	}
-	if c.AuthDuration < 0 || c.AuthDuration.D() > 10*time.Second {
+	if c.AuthDuration.D() < 0 || c.AuthDuration.D() > 10*time.Second {
 		add("auth_duration", "%s: want 0 to 10s", c.AuthDuration)
 	}
-	if c.LoginDelay < 0 {
+	if c.LoginDelay.D() < 0 {
 		add("login_delay", "%s must not be negative", c.LoginDelay)
 	}
 	if n := c.MaxLineLength.Bytes(); n < 64 || n > 1<<20 {

@@ -25,8 +25,8 @@ func TestConfigValidate(t *testing.T) {
 		mod  func(*Config)
 		want []string // substrings of the error, each naming its key
 	}{
-		{"idle below RFC", func(c *Config) { c.IdleTimeout = units.Duration(time.Minute) }, []string{"pop3.idle_timeout: 1m0s is below the 10 minutes RFC 1939 §3 requires"}},
-		{"zero timeouts", func(c *Config) { c.LoginTimeout, c.WriteTimeout = 0, 0 }, []string{"pop3.login_timeout", "pop3.write_timeout"}},
+		{"idle below RFC", func(c *Config) { c.IdleTimeout = units.DurationOf(time.Minute) }, []string{"pop3.idle_timeout: 1m0s is below the 10 minutes RFC 1939 §3 requires"}},
+		{"zero timeouts", func(c *Config) { c.LoginTimeout, c.WriteTimeout = units.DurationOf(0), units.DurationOf(0) }, []string{"pop3.login_timeout", "pop3.write_timeout"}},
 		{"bad listen", func(c *Config) { c.Listen = []string{"110"} }, []string{`pop3.listen: "110"`}},
 		{"bad listen_tls", func(c *Config) { c.ListenTLS = []string{"localhost"} }, []string{`pop3.listen_tls: "localhost"`}},
 		{"no listeners", func(c *Config) { c.Listen, c.ListenTLS = nil, nil }, []string{"pop3.listen: no addresses"}},
@@ -35,10 +35,10 @@ func TestConfigValidate(t *testing.T) {
 		{"huge lines", func(c *Config) { c.MaxLineLength = 2 << 20 }, []string{"pop3.max_line_length"}},
 		{"limits", func(c *Config) { c.MaxErrors, c.MaxAuthFailures, c.MaxConnections = 0, 0, 0 }, []string{"pop3.max_errors", "pop3.max_auth_failures", "pop3.max_connections:"}},
 		{"per-ip over total", func(c *Config) { c.MaxConnectionsPerIP = 500 }, []string{"pop3.max_connections_per_ip: 500 is more than max_connections (100)"}},
-		{"penalty order", func(c *Config) { c.FailedLoginDelayMax = units.Duration(time.Second) }, []string{"pop3.failed_login_delay_max"}},
-		{"auth duration", func(c *Config) { c.AuthDuration = units.Duration(time.Minute) }, []string{"pop3.auth_duration"}},
+		{"penalty order", func(c *Config) { c.FailedLoginDelayMax = units.DurationOf(time.Second) }, []string{"pop3.failed_login_delay_max"}},
+		{"auth duration", func(c *Config) { c.AuthDuration = units.DurationOf(time.Minute) }, []string{"pop3.auth_duration"}},
 		{"expire", func(c *Config) { c.Expire = "soon" }, []string{`pop3.expire: "soon"`}},
-		{"login delay", func(c *Config) { c.LoginDelay = -1 }, []string{"pop3.login_delay"}},
+		{"login delay", func(c *Config) { c.LoginDelay = units.DurationOf(-1) }, []string{"pop3.login_delay"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()

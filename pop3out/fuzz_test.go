@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postie/postie/internal/units"
 )
 
 // FuzzSession feeds arbitrary client input to a live server over TCP: the
@@ -49,9 +51,9 @@ func FuzzSession(f *testing.F) {
 	}
 
 	e := newEnv(f, envOptions{config: func(c *Config) {
-		c.AuthDuration = 0
-		c.FailedLoginDelay = 1
-		c.FailedLoginDelayMax = 1
+		c.AuthDuration = units.DurationOf(0)
+		c.FailedLoginDelay = units.DurationOf(1)
+		c.FailedLoginDelayMax = units.DurationOf(1)
 		c.MaxLineLength = 1024
 	}})
 	f.Fuzz(func(t *testing.T, in []byte) {

@@ -77,9 +77,9 @@ func testConfig() Config {
 	cfg := DefaultConfig()
 	cfg.Listen = []string{"127.0.0.1:0"}
 	cfg.ListenTLS = []string{"127.0.0.1:0"}
-	cfg.AuthDuration = units.Duration(5 * time.Millisecond)
-	cfg.FailedLoginDelay = units.Duration(10 * time.Millisecond)
-	cfg.FailedLoginDelayMax = units.Duration(40 * time.Millisecond)
+	cfg.AuthDuration = units.DurationOf(5 * time.Millisecond)
+	cfg.FailedLoginDelay = units.DurationOf(10 * time.Millisecond)
+	cfg.FailedLoginDelayMax = units.DurationOf(40 * time.Millisecond)
 	cfg.Hostname = tlsName
 	return cfg
 }

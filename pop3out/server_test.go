@@ -75,7 +75,7 @@ func TestTLSHandshakeFailureAfterSTLSCloses(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
-	e := newEnv(t, envOptions{config: func(c *Config) { c.IdleTimeout = units.Duration(200 * time.Millisecond) }})
+	e := newEnv(t, envOptions{config: func(c *Config) { c.IdleTimeout = units.DurationOf(200 * time.Millisecond) }})
 	c := e.dial()
 	c.expect("+OK ")
 	c.login(alice, password)
@@ -90,7 +90,7 @@ func TestIdleTimeout(t *testing.T) {
 }
 
 func TestLoginTimeout(t *testing.T) {
-	e := newEnv(t, envOptions{config: func(c *Config) { c.LoginTimeout = units.Duration(200 * time.Millisecond) }})
+	e := newEnv(t, envOptions{config: func(c *Config) { c.LoginTimeout = units.DurationOf(200 * time.Millisecond) }})
 	c := e.dial()
 	c.expect("+OK ")
 	c.cmd("+OK send PASS", "USER %s", alice)
@@ -101,7 +101,7 @@ func TestLoginTimeout(t *testing.T) {
 // A client that stops reading in the middle of a large message is dropped
 // after write_timeout, and its maildrop is released (RELIABILITY P9).
 func TestSlowReaderIsDropped(t *testing.T) {
-	e := newEnv(t, envOptions{noFixture: true, config: func(c *Config) { c.WriteTimeout = units.Duration(300 * time.Millisecond) }})
+	e := newEnv(t, envOptions{noFixture: true, config: func(c *Config) { c.WriteTimeout = units.DurationOf(300 * time.Millisecond) }})
 	e.deliver(alice, makeMessage(16<<20, 1))
 	c := e.dial()
 	c.expect("+OK ")
@@ -285,7 +285,7 @@ func TestReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitLog("some changes need a restart")
-	cfg.IdleTimeout = -1
+	cfg.IdleTimeout = units.DurationOf(-1)
 	if err := e.srv.Reload(cfg); err == nil || !strings.Contains(err.Error(), "pop3.idle_timeout") {
 		t.Fatalf("Reload of a bad config: %v", err)
 	}
@@ -394,8 +394,8 @@ func TestStoreFailures(t *testing.T) {
 // then ends the wait.
 func TestPenaltyDelaysNextLogin(t *testing.T) {
 	e := newEnv(t, envOptions{config: func(c *Config) {
-		c.FailedLoginDelay = units.Duration(time.Hour)
-		c.FailedLoginDelayMax = units.Duration(time.Hour)
+		c.FailedLoginDelay = units.DurationOf(time.Hour)
+		c.FailedLoginDelayMax = units.DurationOf(time.Hour)
 	}})
 	c := e.dial()
 	c.expect("+OK ")

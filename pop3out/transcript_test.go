@@ -100,7 +100,7 @@ func playTranscript(t *testing.T, path string) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			o.spool = func(so *spool.Options) { so.Retention = units.Duration(d) }
+			o.spool = func(so *spool.Options) { so.Retention = units.DurationOf(d) }
 		case "max_errors", "max_line_length":
 			n, err := strconv.Atoi(val)
 			if err != nil {
@@ -116,7 +116,7 @@ func playTranscript(t *testing.T, path string) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			mods = append(mods, func(c *Config) { c.LoginDelay = units.Duration(d) })
+			mods = append(mods, func(c *Config) { c.LoginDelay = units.DurationOf(d) })
 		default:
 			t.Fatalf("unknown option %q", key)
 		}

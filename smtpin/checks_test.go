@@ -197,7 +197,7 @@ func TestChecks(t *testing.T) {
 func TestChecksOffline(t *testing.T) {
 	e := newEnv(t, func(c *Config, d *Deps) {
 		d.Resolver = resolver.Offline()
-		c.Checks.Timeout = units.Duration(time.Hour)
+		c.Checks.Timeout = units.DurationOf(time.Hour)
 	})
 	c := e.dial()
 	c.hello()
@@ -237,7 +237,7 @@ func TestChecksNoLookupsWithoutRecipient(t *testing.T) {
 // TestChecksTimeoutBounded: a DNS server that never answers costs the
 // sender the check timeout at most, and the verdict is temperror.
 func TestChecksTimeoutBounded(t *testing.T) {
-	e := newEnv(t, withConfig(func(c *Config) { c.Checks.Timeout = units.Duration(300 * time.Millisecond) }))
+	e := newEnv(t, withConfig(func(c *Config) { c.Checks.Timeout = units.DurationOf(300 * time.Millisecond) }))
 	e.dns.Drop("slow.example")
 	e.dns.Drop("_dmarc.slow.example")
 	c := e.dial()
@@ -255,7 +255,7 @@ func TestChecksTimeoutBounded(t *testing.T) {
 // coming in keep their verdicts, however long the message took past the
 // check timeout.
 func TestChecksSlowMessage(t *testing.T) {
-	e := newEnv(t, withConfig(func(c *Config) { c.Checks.Timeout = units.Duration(100 * time.Millisecond) }))
+	e := newEnv(t, withConfig(func(c *Config) { c.Checks.Timeout = units.DurationOf(100 * time.Millisecond) }))
 	e.dns.Add("_dmarc.sender.example", "TXT", "v=DMARC1; p=reject")
 	ed := dkimtest.NewEd25519(t, "sender.example", "ed")
 	e.dns.Add(ed.RecordName(), "TXT", ed.Record(t))

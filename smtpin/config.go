@@ -124,17 +124,17 @@ func DefaultConfig() Config {
 		MaxCommands:              1000,
 		MaxErrors:                20,
 		MaxUnknownRecipients:     10,
-		UnknownRecipientDelay:    units.Duration(time.Second),
-		UnknownRecipientDelayMax: units.Duration(15 * time.Second),
-		SessionTimeout:           units.Duration(time.Hour),
-		ReadTimeout:              units.Duration(5 * time.Minute),
-		WriteTimeout:             units.Duration(time.Minute),
-		DataTimeout:              units.Duration(30 * time.Minute),
+		UnknownRecipientDelay:    units.DurationOf(time.Second),
+		UnknownRecipientDelayMax: units.DurationOf(15 * time.Second),
+		SessionTimeout:           units.DurationOf(time.Hour),
+		ReadTimeout:              units.DurationOf(5 * time.Minute),
+		WriteTimeout:             units.DurationOf(time.Minute),
+		DataTimeout:              units.DurationOf(30 * time.Minute),
 		MinDataRate:              500,
-		DNSBLTimeout:             units.Duration(5 * time.Second),
+		DNSBLTimeout:             units.DurationOf(5 * time.Second),
 		Checks: ChecksConfig{
 			DMARCReject:       true,
-			Timeout:           units.Duration(20 * time.Second),
+			Timeout:           units.DurationOf(20 * time.Second),
 			MaxDKIMSignatures: 5,
 		},
 		PlusSeparator: "+",
@@ -161,7 +161,7 @@ func (c *Config) Validate() error {
 			add("dnsbl", "%q is not a DNS zone name (e.g. \"zen.spamhaus.org\")", z)
 		}
 	}
-	if len(c.DNSBL) > 0 && c.DNSBLTimeout <= 0 {
+	if len(c.DNSBL) > 0 && c.DNSBLTimeout.D() <= 0 {
 		add("dnsbl_timeout", "must be more than 0s when dnsbl lists zones")
 	}
 	atLeast := func(key string, v, min int64, unit string) {
@@ -187,7 +187,7 @@ func (c *Config) Validate() error {
 	atLeast("max_errors", int64(c.MaxErrors), 1, "")
 	atLeast("max_unknown_recipients", int64(c.MaxUnknownRecipients), 1, "")
 	positive := func(key string, d units.Duration) {
-		if d <= 0 {
+		if d.D() <= 0 {
 			add(key, "must be more than 0, e.g. \"30s\"")
 		}
 	}
@@ -196,10 +196,10 @@ func (c *Config) Validate() error {
 	positive("write_timeout", c.WriteTimeout)
 	positive("data_timeout", c.DataTimeout)
 	positive("checks.timeout", c.Checks.Timeout)
-	if c.UnknownRecipientDelayMax < c.UnknownRecipientDelay {
+	if c.UnknownRecipientDelayMax.D() < c.UnknownRecipientDelay.D() {
 		add("unknown_recipient_delay_max", "%s is less than unknown_recipient_delay (%s)", c.UnknownRecipientDelayMax, c.UnknownRecipientDelay)
 	}
-	if c.ReadTimeout > c.SessionTimeout && c.SessionTimeout > 0 {
+	if c.ReadTimeout.D() > c.SessionTimeout.D() && c.SessionTimeout.D() > 0 {
 		add("read_timeout", "%s is longer than session_timeout (%s)", c.ReadTimeout, c.SessionTimeout)
 	}
 	atLeast("min_data_rate", c.MinDataRate.Bytes(), 1, " bytes per second")

@@ -104,14 +104,14 @@ func TestConfigValidate(t *testing.T) {
 		{"smtp.max_commands", func(c *Config) { c.MaxCommands = 2 }},
 		{"smtp.max_errors", func(c *Config) { c.MaxErrors = 0 }},
 		{"smtp.max_unknown_recipients", func(c *Config) { c.MaxUnknownRecipients = 0 }},
-		{"smtp.unknown_recipient_delay_max", func(c *Config) { c.UnknownRecipientDelayMax = units.Duration(time.Millisecond) }},
-		{"smtp.session_timeout", func(c *Config) { c.SessionTimeout = 0 }},
-		{"smtp.read_timeout", func(c *Config) { c.ReadTimeout = 0 }},
-		{"smtp.read_timeout", func(c *Config) { c.ReadTimeout = units.Duration(2 * time.Hour) }},
-		{"smtp.write_timeout", func(c *Config) { c.WriteTimeout = 0 }},
-		{"smtp.data_timeout", func(c *Config) { c.DataTimeout = 0 }},
+		{"smtp.unknown_recipient_delay_max", func(c *Config) { c.UnknownRecipientDelayMax = units.DurationOf(time.Millisecond) }},
+		{"smtp.session_timeout", func(c *Config) { c.SessionTimeout = units.DurationOf(0) }},
+		{"smtp.read_timeout", func(c *Config) { c.ReadTimeout = units.DurationOf(0) }},
+		{"smtp.read_timeout", func(c *Config) { c.ReadTimeout = units.DurationOf(2 * time.Hour) }},
+		{"smtp.write_timeout", func(c *Config) { c.WriteTimeout = units.DurationOf(0) }},
+		{"smtp.data_timeout", func(c *Config) { c.DataTimeout = units.DurationOf(0) }},
 		{"smtp.min_data_rate", func(c *Config) { c.MinDataRate = 0 }},
-		{"smtp.checks.timeout", func(c *Config) { c.Checks.Timeout = 0 }},
+		{"smtp.checks.timeout", func(c *Config) { c.Checks.Timeout = units.DurationOf(0) }},
 		{"smtp.checks.max_dkim_signatures", func(c *Config) { c.Checks.MaxDKIMSignatures = 0 }},
 	} {
 		c := DefaultConfig()
@@ -122,7 +122,7 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 	c := DefaultConfig()
-	c.MaxRecipients, c.ReadTimeout = 1, 0
+	c.MaxRecipients, c.ReadTimeout = 1, units.DurationOf(0)
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "smtp.max_recipients") || !strings.Contains(err.Error(), "smtp.read_timeout") {
 		t.Errorf("two problems: %v", err)
 	}

@@ -45,7 +45,7 @@ func TestDNSBL(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, withConfig(func(c *Config) {
 				c.DNSBL = []string{"bl.example"}
-				c.DNSBLTimeout = units.Duration(500 * time.Millisecond)
+				c.DNSBLTimeout = units.DurationOf(500 * time.Millisecond)
 			}))
 			tt.zone(&dnsZone{e})
 			c := e.dial()

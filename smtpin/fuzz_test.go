@@ -42,7 +42,7 @@ func FuzzSession(f *testing.F) {
 		c.MaxMessageSize = 64 << 10
 		c.MaxHeaderSize = 16 << 10
 		c.MaxLineLength = 2000
-		c.ReadTimeout = units.Duration(2 * time.Second)
+		c.ReadTimeout = units.DurationOf(2 * time.Second)
 		c.MaxCommands = 200
 	}))
 	f.Fuzz(func(t *testing.T, in []byte) {

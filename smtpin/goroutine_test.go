@@ -13,7 +13,7 @@ import (
 // that vanishes mid-DATA or mid-BDAT, a timeout, a refused message, TLS)
 // leave no goroutine behind.
 func TestNoGoroutineLeak(t *testing.T) {
-	e := newEnv(t, withConfig(func(c *Config) { c.ReadTimeout = units.Duration(300 * time.Millisecond) }))
+	e := newEnv(t, withConfig(func(c *Config) { c.ReadTimeout = units.DurationOf(300 * time.Millisecond) }))
 	e.dns.Add("_dmarc.bank.example", "TXT", "v=DMARC1; p=reject")
 	// Let the listeners and the DNS server settle, then count.
 	warm := e.dial()

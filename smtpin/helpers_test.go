@@ -42,9 +42,9 @@ func testConfig() Config {
 		"ghost@example.test":      {"nobody@example.test"},
 		"@other.test":             {bob},
 	}
-	cfg.UnknownRecipientDelay = units.Duration(time.Millisecond)
-	cfg.UnknownRecipientDelayMax = units.Duration(4 * time.Millisecond)
-	cfg.Checks.Timeout = units.Duration(3 * time.Second)
+	cfg.UnknownRecipientDelay = units.DurationOf(time.Millisecond)
+	cfg.UnknownRecipientDelayMax = units.DurationOf(4 * time.Millisecond)
+	cfg.Checks.Timeout = units.DurationOf(3 * time.Second)
 	return cfg
 }
 

@@ -174,7 +174,7 @@ func TestConnectionLimits(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
-	e := newEnv(t, withConfig(func(c *Config) { c.ReadTimeout = units.Duration(200 * time.Millisecond) }))
+	e := newEnv(t, withConfig(func(c *Config) { c.ReadTimeout = units.DurationOf(200 * time.Millisecond) }))
 	c := e.dial()
 	c.hello()
 	c.expect("250 ", "MAIL FROM:<a@sender.example>")
@@ -189,8 +189,8 @@ func TestIdleTimeout(t *testing.T) {
 
 func TestSessionTimeout(t *testing.T) {
 	e := newEnv(t, withConfig(func(c *Config) {
-		c.SessionTimeout = units.Duration(400 * time.Millisecond)
-		c.ReadTimeout = units.Duration(300 * time.Millisecond)
+		c.SessionTimeout = units.DurationOf(400 * time.Millisecond)
+		c.ReadTimeout = units.DurationOf(300 * time.Millisecond)
 	}))
 	c := e.dial()
 	c.hello()
@@ -222,12 +222,12 @@ func TestTricklingData(t *testing.T) {
 		want  string
 	}{
 		{"below the minimum rate", func(c *Config) {
-			c.ReadTimeout = units.Duration(300 * time.Millisecond)
+			c.ReadTimeout = units.DurationOf(300 * time.Millisecond)
 			c.MinDataRate = 1000
 		}, "x", 50 * time.Millisecond, "421 4.4.2 mx.example.test Message data arrived too slowly, closing connection"},
 		{"over the data timeout", func(c *Config) {
-			c.ReadTimeout = units.Duration(time.Second)
-			c.DataTimeout = units.Duration(400 * time.Millisecond)
+			c.ReadTimeout = units.DurationOf(time.Second)
+			c.DataTimeout = units.DurationOf(400 * time.Millisecond)
 			c.MinDataRate = 1
 		}, "MAIL FROM:<smuggled@sender.example>\r\n", 20 * time.Millisecond, "421 4.4.2 mx.example.test Message data arrived too slowly, closing connection"},
 	} {

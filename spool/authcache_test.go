@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/postie/postie/internal/units"
 )
 
 // TestAuthCache checks that a repeated login with the right password skips
@@ -13,7 +15,7 @@ import (
 // entry never gets through the cache.
 func TestAuthCache(t *testing.T) {
 	clock := newClock()
-	s := openTest(t, func(o *Options) { o.Now = clock.Now; o.AuthCacheTTL = 3600e9 })
+	s := openTest(t, func(o *Options) { o.Now = clock.Now; o.AuthCacheTTL = units.DurationOf(3600e9) })
 	ctx := context.Background()
 	mustAddAccount(t, s, "alice@example.com")
 	if _, err := s.Authenticate("alice@example.com", "correct horse battery"); err != nil {
@@ -73,7 +75,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 		b.Run(fmt.Sprintf("cache=%v", ttl > 0), func(b *testing.B) {
 			s := openTest(b, func(o *Options) {
 				o.HashParams = DefaultHashParams()
-				o.AuthCacheTTL = 0
+				o.AuthCacheTTL = units.DurationOf(0)
 				o.AuthCacheTTL.UnmarshalText([]byte(ttl.String()))
 			})
 			mustAddAccount(b, s, "alice@example.com")

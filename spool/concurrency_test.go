@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/postie/postie/internal/units"
 )
 
 // TestConcurrentDeliveriesAndDeletions runs deliveries to several mailboxes
@@ -294,7 +296,7 @@ func TestAccountPasswordAloneBehavesAsBefore(t *testing.T) {
 
 func TestRetention(t *testing.T) {
 	clock := newClock()
-	s := openTest(t, func(o *Options) { o.Now = clock.Now; o.Retention = 3600e9 })
+	s := openTest(t, func(o *Options) { o.Now = clock.Now; o.Retention = units.DurationOf(3600e9) })
 	ctx := context.Background()
 	mustAddAccount(t, s, "alice@example.com")
 	deliver(t, s, "keep me\r\n", "alice@example.com")

@@ -180,7 +180,7 @@ func (s *Store) resettle(tx *bbolt.Tx, a *accountRecord, now time.Time, fix func
 	for _, it := range items {
 		e := it.e
 		if !e.Trashed.IsZero() {
-			if s.opts.Retention == 0 || now.Sub(e.Trashed) >= s.opts.Retention.D() {
+			if s.opts.Retention.D() == 0 || now.Sub(e.Trashed) >= s.opts.Retention.D() {
 				if err := removeEntry(tx, mb, it.uid, &e); err != nil {
 					return err
 				}
@@ -230,7 +230,7 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 // device, and returns how many. It fails with ErrNotRetained when retention
 // is off.
 func (s *Store) Restore(ctx context.Context, addr string) (int, error) {
-	if s.opts.Retention == 0 {
+	if s.opts.Retention.D() == 0 {
 		return 0, ErrNotRetained
 	}
 	addr, err := NormalizeAddress(addr)

@@ -277,7 +277,7 @@ func (s *Store) settle(tx *bbolt.Tx, a *accountRecord, mb *bbolt.Bucket, uid uin
 	if len(e.DeletedBy) == 0 || (!graceOver && s.wantedBy(a, e, now)) {
 		return mb.Put(u64(uid), encode(e))
 	}
-	if s.opts.Retention > 0 {
+	if s.opts.Retention.D() > 0 {
 		e.Trashed = now
 		return mb.Put(u64(uid), encode(e))
 	}

@@ -103,9 +103,9 @@ type Options struct {
 // DefaultOptions returns the owner-facing defaults.
 func DefaultOptions() Options {
 	return Options{
-		DeviceIdle:        units.Duration(30 * 24 * time.Hour),
-		DeviceDeleteGrace: units.Duration(90 * 24 * time.Hour),
-		AuthCacheTTL:      units.Duration(time.Hour),
+		DeviceIdle:        units.DurationOf(30 * 24 * time.Hour),
+		DeviceDeleteGrace: units.DurationOf(90 * 24 * time.Hour),
+		AuthCacheTTL:      units.DurationOf(time.Hour),
 	}
 }
 
@@ -114,6 +114,15 @@ func (o Options) Validate() error {
 	var errs []error
 	if o.Retention.D() > 0 && o.Retention.D() < time.Minute {
 		errs = append(errs, fmt.Errorf("spool.retention: %s is too short to be useful; use 0 to turn retention off or at least 1m", o.Retention))
+	}
+	// Too short a device_idle lets one device's deletion remove mail that a
+	// device used every day has not fetched yet; too short a grace does the
+	// same for a device that was offline for a weekend.
+	if o.DeviceIdle.D() < time.Hour {
+		errs = append(errs, fmt.Errorf("spool.device_idle: %s is too short: at least 1h (the default is 720h, 30 days)", o.DeviceIdle))
+	}
+	if o.DeviceDeleteGrace.D() < time.Hour {
+		errs = append(errs, fmt.Errorf("spool.device_delete_grace: %s is too short: at least 1h (the default is 2160h, 90 days)", o.DeviceDeleteGrace))
 	}
 	if o.MaxSize != 0 && o.MaxSize < 1<<20 {
 		errs = append(errs, fmt.Errorf("spool.max_size: %s is too small; use 0 for no limit or at least 1MiB", o.MaxSize))
@@ -137,11 +146,11 @@ func (o *Options) setDefaults() {
 	if o.OpenTimeout <= 0 {
 		o.OpenTimeout = 250 * time.Millisecond
 	}
-	if o.DeviceIdle <= 0 {
-		o.DeviceIdle = units.Duration(30 * 24 * time.Hour)
+	if o.DeviceIdle.D() <= 0 {
+		o.DeviceIdle = units.DurationOf(30 * 24 * time.Hour)
 	}
-	if o.DeviceDeleteGrace <= 0 {
-		o.DeviceDeleteGrace = units.Duration(90 * 24 * time.Hour)
+	if o.DeviceDeleteGrace.D() <= 0 {
+		o.DeviceDeleteGrace = units.DurationOf(90 * 24 * time.Hour)
 	}
 	if o.HashParams == (HashParams{}) {
 		o.HashParams = DefaultHashParams()

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	toml "github.com/pelletier/go-toml/v2"
+
+	"github.com/postie/postie/internal/units"
 )
 
 func validACME() Config {
@@ -57,11 +59,11 @@ func TestValidate(t *testing.T) {
 		{"mta-sts self-signed", func(c *Config) { c.Mode = ModeSelfSigned; c.MTASTSMode = MTASTSTesting }, []string{"trusted certificate"}},
 		{"mta-sts max_age too long", func(c *Config) { c.MTASTSMode = MTASTSEnforce; c.MTASTSMaxAge.UnmarshalText([]byte("10000h")) }, []string{"tls.mta_sts_max_age"}},
 		{"mta-sts max_age fraction", func(c *Config) { c.MTASTSMaxAge.UnmarshalText([]byte("1.5s")) }, []string{"tls.mta_sts_max_age"}},
-		{"zero timeout", func(c *Config) { c.HTTPReadTimeout = 0 }, []string{"tls.http_read_timeout"}},
+		{"zero timeout", func(c *Config) { c.HTTPReadTimeout = units.DurationOf(0) }, []string{"tls.http_read_timeout"}},
 		{"tiny header cap", func(c *Config) { c.HTTPMaxHeaderBytes = 10 }, []string{"tls.http_max_header_bytes"}},
 		{"per-ip above total", func(c *Config) { c.HTTPMaxConnections, c.HTTPMaxConnectionsPerIP = 4, 5 }, []string{"tls.http_max_connections_per_ip"}},
 		{"no connections", func(c *Config) { c.HTTPMaxConnections = 0 }, []string{"tls.http_max_connections:"}},
-		{"several at once", func(c *Config) { c.AgreeTerms = false; c.HTTPIdleTimeout = 0 }, []string{"tls.agree_terms", "tls.http_idle_timeout"}},
+		{"several at once", func(c *Config) { c.AgreeTerms = false; c.HTTPIdleTimeout = units.DurationOf(0) }, []string{"tls.agree_terms", "tls.http_idle_timeout"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

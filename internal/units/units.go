@@ -81,27 +81,39 @@ func (s Size) String() string {
 func (s Size) Bytes() int64 { return int64(s) }
 
 // Duration is a time.Duration written in TOML as a Go duration string:
-// "30s", "5m", "1h30m", "720h".
-type Duration time.Duration
+// "30s", "5m", "1h30m", "720h". It is a struct, not an integer type, so that
+// a bare TOML number (device_idle = 30) reaches UnmarshalText and is refused
+// for its missing unit instead of being taken as nanoseconds.
+type Duration struct{ d time.Duration }
 
-// UnmarshalText implements encoding.TextUnmarshaler for TOML strings.
+// DurationOf returns d as a Duration.
+func DurationOf(d time.Duration) Duration { return Duration{d} }
+
+// UnmarshalText implements encoding.TextUnmarshaler. TOML strings and bare
+// numbers both arrive here; a number has no unit and is refused.
 func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(strings.TrimSpace(string(b)))
+	s := strings.TrimSpace(string(b))
+	if n := strings.ReplaceAll(s, "_", ""); n != "" {
+		if _, err := strconv.ParseFloat(n, 64); err == nil {
+			return fmt.Errorf("invalid duration %s: a duration needs a unit and quotes, e.g. \"%ss\" for seconds or \"%sh\" for hours", s, n, n)
+		}
+	}
+	v, err := time.ParseDuration(s)
 	if err != nil {
 		return fmt.Errorf("invalid duration %q: want a Go duration such as \"30s\", \"5m\" or \"720h\"", string(b))
 	}
 	if v < 0 {
 		return fmt.Errorf("invalid duration %q: must not be negative", string(b))
 	}
-	*d = Duration(v)
+	d.d = v
 	return nil
 }
 
 // MarshalText implements encoding.TextMarshaler.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.d.String()), nil }
 
 // D returns the value as a time.Duration.
-func (d Duration) D() time.Duration { return time.Duration(d) }
+func (d Duration) D() time.Duration { return d.d }
 
 // String formats the duration as Go does.
-func (d Duration) String() string { return time.Duration(d).String() }
+func (d Duration) String() string { return d.d.String() }

@@ -1,8 +1,11 @@
 package units
 
 import (
+	"strings"
 	"testing"
 	"time"
+
+	toml "github.com/pelletier/go-toml/v2"
 )
 
 func TestParseSize(t *testing.T) {
@@ -66,4 +69,37 @@ func FuzzParseSize(f *testing.F) {
 			t.Fatalf("ParseSize(%q) = %d, negative", s, v)
 		}
 	})
+}
+
+// TestTOMLNumbers decodes through go-toml, as the config does: a bare number
+// is bytes for a Size but has no unit for a Duration, and a negative number
+// is no size at all.
+func TestTOMLNumbers(t *testing.T) {
+	type limits struct {
+		Size Size     `toml:"size"`
+		Wait Duration `toml:"wait"`
+	}
+	for _, tc := range []struct {
+		doc     string
+		want    limits
+		wantErr string
+	}{
+		{doc: `size = 4096`, want: limits{Size: 4096}},
+		{doc: `size = "25MB"`, want: limits{Size: 25_000_000}},
+		{doc: `wait = "720h"`, want: limits{Wait: DurationOf(720 * time.Hour)}},
+		{doc: `wait = 30`, wantErr: `needs a unit`},
+		{doc: `wait = 1.5`, wantErr: `needs a unit`},
+		{doc: `wait = -2`, wantErr: `needs a unit`},
+		{doc: `wait = true`, wantErr: `invalid duration`},
+		{doc: `size = "-5"`, wantErr: `invalid size`},
+	} {
+		var got limits
+		err := toml.Unmarshal([]byte(tc.doc), &got)
+		switch {
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("%s: err %v, want %q", tc.doc, err, tc.wantErr)
+		case tc.wantErr == "" && (err != nil || got != tc.want):
+			t.Errorf("%s: got %+v, %v; want %+v", tc.doc, got, err, tc.want)
+		}
+	}
 }
