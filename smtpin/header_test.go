@@ -125,3 +125,31 @@ func FuzzReadHeader(f *testing.F) {
 		}
 	})
 }
+
+// TestDKIMUnfit checks which headers the DKIM verifier is spared: one that
+// does not end with an empty line (the verifier would read the body as
+// header) and one with a field folded over too many lines (joining them
+// costs the verifier the square of their number).
+func TestDKIMUnfit(t *testing.T) {
+	folded := func(n int) string { return "Subject: x\r\n" + strings.Repeat(" y\r\n", n) }
+	for _, tc := range []struct {
+		name, in string
+		unfit    bool
+	}{
+		{name: "plain", in: "From: a\r\nSubject: b\r\n\r\nbody\r\n"},
+		{name: "all header", in: "From: a\r\nSubject: b\r\n"},
+		{name: "folded within bounds", in: "From: a\r\n" + folded(maxFieldLines-1) + "\r\nbody\r\n"},
+		{name: "no empty line", in: "DKIM-Signature: v=1\r\nnot a field\r\n" + strings.Repeat(" z\r\n", 1000), unfit: true},
+		{name: "folded over too many lines", in: "From: a\r\n" + folded(maxFieldLines) + "\r\nbody\r\n", unfit: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hdr, rest, err := readHeader(bufio.NewReader(strings.NewReader(tc.in)), 1<<20, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := dkimUnfit(hdr, rest, parseFields(hdr)) != nil; got != tc.unfit {
+				t.Fatalf("unfit = %v, want %v", got, tc.unfit)
+			}
+		})
+	}
+}

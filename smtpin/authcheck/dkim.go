@@ -3,6 +3,7 @@ package authcheck
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 
@@ -46,6 +47,10 @@ func NewDKIMVerifier(ctx context.Context, r Resolver, sigs []string, max int) *D
 	v := &DKIMVerifier{pw: pw, done: make(chan struct{}), sigs: sigs}
 	go func() {
 		defer close(v.done)
+		defer recovered("dkim", func(err error) {
+			pr.CloseWithError(errVerifierDone)
+			v.results = verdicts(v.sigs, nil, err)
+		})
 		verifs, err := dkim.VerifyWithOptions(pr, &dkim.VerifyOptions{LookupTXT: lookupTXT(ctx, r), MaxVerifications: max})
 		// Unblock the writer if the verifier returned before reading all.
 		pr.CloseWithError(errVerifierDone)
@@ -80,8 +85,19 @@ func (v *DKIMVerifier) Abort() {
 }
 
 func (v *DKIMVerifier) convert(verifs []*dkim.Verification, err error) []DKIM {
-	out := make([]DKIM, len(v.sigs))
-	for i, sig := range v.sigs {
+	return verdicts(v.sigs, verifs, err)
+}
+
+// Unverifiable returns a permerror verdict with cause err for each of sigs,
+// for a message whose signatures are not worth verifying (its header is
+// malformed in a way that would make the verifier work for nothing).
+func Unverifiable(sigs []string, err error) []DKIM {
+	return verdicts(sigs, nil, err)
+}
+
+func verdicts(sigs []string, verifs []*dkim.Verification, err error) []DKIM {
+	out := make([]DKIM, len(sigs))
+	for i, sig := range sigs {
 		tags := parseTags(sig)
 		out[i] = DKIM{Domain: NormalizeDomain(tags["d"]), Selector: tags["s"], B: tags["b"]}
 		if len(out[i].B) > 8 {
@@ -133,4 +149,14 @@ func parseTags(s string) map[string]string {
 		}, val)
 	}
 	return tags
+}
+
+// recovered, deferred by each check, turns a panic in a library that parses
+// what a stranger sent (a header, a DNS record) into a verdict through
+// fail: one message gets permerror instead of the process going down with
+// every session in it.
+func recovered(check string, fail func(error)) {
+	if p := recover(); p != nil {
+		fail(fmt.Errorf("%s check panicked: %v", check, p))
+	}
 }

@@ -40,8 +40,9 @@ type Record struct {
 // LookupDMARC finds the DMARC record for an author domain (RFC 7489
 // §6.6.3): at _dmarc.<domain>, or failing that at the organizational
 // domain. domain must be normalized.
-func LookupDMARC(ctx context.Context, r Resolver, domain string) Record {
-	rec := Record{Domain: domain}
+func LookupDMARC(ctx context.Context, r Resolver, domain string) (rec Record) {
+	rec = Record{Domain: domain}
+	defer recovered("dmarc", func(err error) { rec = Record{Domain: domain, Result: PermError, Err: err} })
 	opts := &dmarc.LookupOptions{LookupTXT: lookupTXT(ctx, r)}
 	found, err := dmarc.LookupWithOptions(domain, opts)
 	atOrg := false

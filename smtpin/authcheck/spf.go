@@ -29,8 +29,9 @@ type SPF struct {
 // case the HELO name is checked as postmaster@helo, §2.4). The library
 // keeps to the RFC's limits of 10 lookups and 2 void lookups (§4.6.4); ctx
 // bounds the time.
-func CheckSPF(ctx context.Context, r Resolver, ip net.IP, helo, mailFrom string) SPF {
-	v := SPF{Property: "smtp.mailfrom", Value: mailFrom}
+func CheckSPF(ctx context.Context, r Resolver, ip net.IP, helo, mailFrom string) (v SPF) {
+	v = SPF{Property: "smtp.mailfrom", Value: mailFrom}
+	defer recovered("spf", func(err error) { v.Result, v.Err = PermError, err })
 	sender := mailFrom
 	if mailFrom == "" {
 		v.Property, v.Value = "smtp.helo", helo
