@@ -199,6 +199,7 @@ func (s *session) authenticate(user, password string) reply {
 	}
 	s.login = login
 	s.drop = drop
+	go s.watchRevocation(drop)
 	s.msgs = drop.Messages()
 	s.deleted = make([]bool, len(s.msgs))
 	s.state = stateTransaction

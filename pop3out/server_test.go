@@ -367,6 +367,43 @@ func TestDeviceLoginAndSessionLog(t *testing.T) {
 	c.cmd("+OK 3 152", "STAT")
 }
 
+// Revoking a device ends its open session at once, however the client
+// keeps it alive, and leaves the other devices' sessions alone; deleting
+// the account ends every session of it.
+func TestRevocationEndsTheSession(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ctx := context.Background()
+	phonePass, err := e.store.AddDevice(ctx, alice, "phone", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	laptopPass, err := e.store.AddDevice(ctx, alice, "laptop", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	phone, laptop := e.dialTLS(), e.dialTLS()
+	phone.expect("+OK ")
+	phone.login(alice, phonePass)
+	laptop.expect("+OK ")
+	laptop.login(alice, laptopPass)
+	phone.cmd("+OK", "NOOP")
+
+	if err := e.store.DeleteDevice(ctx, alice, "phone"); err != nil {
+		t.Fatalf("revoking the phone while it is logged in: %v", err)
+	}
+	phone.expectClosed()
+	e.waitLog(`end="device revoked or account deleted"`)
+	if !regexp.MustCompile(`device=phone .* end="device revoked or account deleted"`).MatchString(e.logs.String()) {
+		t.Fatalf("the phone's session line does not say why it ended:\n%s", e.logs.String())
+	}
+	laptop.cmd("+OK 3 152", "STAT")
+
+	if err := e.store.DeleteAccount(ctx, alice); err != nil {
+		t.Fatalf("deleting the account while the laptop is logged in: %v", err)
+	}
+	laptop.expectClosed()
+}
+
 // Store failures are [SYS/TEMP] (RFC 3206), never [AUTH]: a client must
 // not take a server fault for a wrong password.
 func TestStoreFailures(t *testing.T) {

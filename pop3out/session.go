@@ -82,15 +82,18 @@ type session struct {
 
 	// Shutdown: idle is set while the session waits for a command in the
 	// AUTHORIZATION state, when Shutdown may close it at once.
-	mu     sync.Mutex
-	idle   bool
-	closed bool
+	mu      sync.Mutex
+	idle    bool
+	closed  bool
+	revoked bool          // closed because the maildrop was taken away
+	done    chan struct{} // closed when the session ends
 }
 
 func newSession(srv *Server, c net.Conn, implicitTLS bool) *session {
 	st := srv.settings.Load()
 	now := time.Now()
 	s := &session{
+		done:            make(chan struct{}),
 		srv:             srv,
 		st:              st,
 		id:              srv.nextID.Add(1),
@@ -279,11 +282,14 @@ func (s *session) readFailed(err error) {
 		s.end = "client closed the connection"
 	default:
 		s.mu.Lock()
-		closed := s.closed
+		closed, revoked := s.closed, s.revoked
 		s.mu.Unlock()
-		if closed {
+		switch {
+		case revoked:
+			s.end = "device revoked or account deleted"
+		case closed:
 			s.end = "server shutdown"
-		} else {
+		default:
 			s.end = "read failed"
 		}
 	}
@@ -326,6 +332,23 @@ func (s *session) interruptIfIdle() {
 	}
 }
 
+// watchRevocation ends the session at once when an admin change takes its
+// maildrop away (postie device del, postie user del): a stolen phone must
+// not keep reading mail, and its QUIT would change nothing anyway.
+func (s *session) watchRevocation(drop *spool.Maildrop) {
+	select {
+	case <-drop.Revoked():
+	case <-s.done:
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.closed, s.revoked = true, true
+		s.raw.Close()
+	}
+}
+
 // abort closes the connection whatever the session is doing (for Shutdown
 // when its time is up). The maildrop is released without deletions.
 func (s *session) abort() {
@@ -339,6 +362,7 @@ func (s *session) abort() {
 
 // finish releases what the session holds and logs its one line.
 func (s *session) finish() {
+	close(s.done)
 	if s.drop != nil {
 		// RFC 1939 §6: without QUIT there is no UPDATE; nothing is deleted.
 		s.drop.Close()
@@ -352,6 +376,11 @@ func (s *session) finish() {
 		s.raw.SetWriteDeadline(time.Now().Add(time.Second))
 	}
 	s.conn.Close()
+	s.mu.Lock()
+	if s.revoked {
+		s.end = "device revoked or account deleted"
+	}
+	s.mu.Unlock()
 	if s.end == "" {
 		s.end = "closed"
 	}

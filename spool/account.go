@@ -193,18 +193,14 @@ func (s *Store) SetQuota(ctx context.Context, addr string, quota int64) error {
 	})
 }
 
-// DeleteAccount removes an account and every message in its mailbox. It
-// fails with ErrMaildropLocked while a POP3 session holds the mailbox.
+// DeleteAccount removes an account and every message in its mailbox. POP3
+// sessions open on it are told to end (Maildrop.Revoked).
 func (s *Store) DeleteAccount(ctx context.Context, addr string) error {
 	addr, err := NormalizeAddress(addr)
 	if err != nil {
 		return err
 	}
-	if !s.lockAccount(addr) {
-		return fmt.Errorf("%w: %s", ErrMaildropLocked, addr)
-	}
-	defer s.unlockAccount(addr)
-	return s.update(ctx, 0, func(tx *bbolt.Tx) error {
+	err = s.update(ctx, 0, func(tx *bbolt.Tx) error {
 		if _, err := getAccount(tx, addr); err != nil {
 			return err
 		}
@@ -213,6 +209,10 @@ func (s *Store) DeleteAccount(ctx context.Context, addr string) error {
 		}
 		return tx.Bucket(bucketAccounts).Delete([]byte(addr))
 	})
+	if err == nil {
+		s.revoke(addr, 0, true)
+	}
+	return err
 }
 
 // deleteMailbox drops every entry of a mailbox and the mailbox itself. It

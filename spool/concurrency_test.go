@@ -212,9 +212,28 @@ func TestDevices(t *testing.T) {
 	if stored() != 1 {
 		t.Fatalf("desktop still wants it: store holds %d, want 1", stored())
 	}
+	// The desktop keeps a session open while it is revoked (a thief with
+	// the device): the revocation does not wait for it, that session is
+	// told to end, and its deletions no longer count. Another device's
+	// session is left alone.
+	held, other := open(desktop), open(tablet)
 	if err := s.DeleteDevice(ctx, acct, "desktop"); err != nil {
-		t.Fatal(err)
+		t.Fatalf("revoking a device with a session open: %v", err)
 	}
+	select {
+	case <-held.Revoked():
+	default:
+		t.Fatal("the revoked device's session was not told")
+	}
+	select {
+	case <-other.Revoked():
+		t.Fatal("another device's session was revoked")
+	default:
+	}
+	if err := held.Commit(ctx, []int{0}); !errors.Is(err, ErrNoSuchDevice) {
+		t.Fatalf("QUIT of a revoked device: %v, want ErrNoSuchDevice", err)
+	}
+	other.Close()
 	if stored() != 0 {
 		t.Fatalf("after revoking the last claimant: store holds %d, want 0", stored())
 	}

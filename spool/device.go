@@ -68,7 +68,7 @@ func (s *Store) AddDevice(ctx context.Context, addr, name string, all bool) (str
 			}
 		}
 		a.NextDevice++
-		if a.NextDevice == 0 || a.NextDevice == allDevices {
+		if a.NextDevice == 0 { // wrapped: 2^32 devices added
 			return fmt.Errorf("spool: %s: out of device numbers", addr)
 		}
 		a.Devices = append(a.Devices, deviceRecord{ID: a.NextDevice, Name: name, TokenHash: tokenHash(pw), Created: now, All: all})
@@ -120,12 +120,9 @@ func (s *Store) DeleteDevice(ctx context.Context, addr, name string) error {
 	if err != nil {
 		return err
 	}
-	if !s.lockAccount(addr) {
-		return fmt.Errorf("%w: %s", ErrMaildropLocked, addr)
-	}
-	defer s.unlockAccount(addr)
 	now := s.opts.Now()
-	return s.update(ctx, 0, func(tx *bbolt.Tx) error {
+	var gone uint32
+	err = s.update(ctx, 0, func(tx *bbolt.Tx) error {
 		a, err := getAccount(tx, addr)
 		if err != nil {
 			return err
@@ -139,7 +136,7 @@ func (s *Store) DeleteDevice(ctx context.Context, addr, name string) error {
 		if i < 0 {
 			return fmt.Errorf("%w: %s on %s", ErrNoSuchDevice, name, addr)
 		}
-		gone := a.Devices[i].ID
+		gone = a.Devices[i].ID
 		a.Devices = append(a.Devices[:i], a.Devices[i+1:]...)
 		if err := putAccount(tx, a); err != nil {
 			return err
@@ -154,6 +151,10 @@ func (s *Store) DeleteDevice(ctx context.Context, addr, name string) error {
 			e.DeletedBy = kept
 		})
 	})
+	if err == nil {
+		s.revoke(addr, gone, false)
+	}
+	return err
 }
 
 // resettle runs settle again over every entry of a's mailbox that some
@@ -237,10 +238,6 @@ func (s *Store) Restore(ctx context.Context, addr string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if !s.lockAccount(addr) {
-		return 0, fmt.Errorf("%w: %s", ErrMaildropLocked, addr)
-	}
-	defer s.unlockAccount(addr)
 	var n int
 	err = s.update(ctx, 0, func(tx *bbolt.Tx) error {
 		n = 0

@@ -16,20 +16,25 @@ type lockKey struct {
 	device  uint32
 }
 
-// allDevices in a lockKey locks the whole account (for admin changes).
-const allDevices = ^uint32(0)
+// lock is a held maildrop lock. revoked is closed when an admin change
+// (the device revoked, the account deleted) ends the right to it.
+type lock struct {
+	revoked chan struct{}
+	closed  bool
+}
 
-func (s *Store) lockDevice(account string, device uint32) bool {
+// lockDevice takes the lock of one device's view; it returns nil when a
+// session already holds it.
+func (s *Store) lockDevice(account string, device uint32) *lock {
 	s.locksMu.Lock()
 	defer s.locksMu.Unlock()
-	if _, busy := s.locks[lockKey{account, device}]; busy {
-		return false
+	k := lockKey{account, device}
+	if _, busy := s.locks[k]; busy {
+		return nil
 	}
-	if _, busy := s.locks[lockKey{account, allDevices}]; busy {
-		return false
-	}
-	s.locks[lockKey{account, device}] = struct{}{}
-	return true
+	l := &lock{revoked: make(chan struct{})}
+	s.locks[k] = l
+	return l
 }
 
 func (s *Store) unlockDevice(account string, device uint32) {
@@ -38,20 +43,21 @@ func (s *Store) unlockDevice(account string, device uint32) {
 	s.locksMu.Unlock()
 }
 
-// lockAccount locks every device of an account; it fails if any is locked.
-func (s *Store) lockAccount(account string) bool {
+// revoke tells the sessions holding locks of an account that they lost the
+// right to them: those of one device, or of every device when all is true.
+// Admin changes never wait for a session (a stolen phone that keeps one
+// open must not be able to stop its own revocation); the session ends
+// instead, and its QUIT changes nothing.
+func (s *Store) revoke(account string, device uint32, all bool) {
 	s.locksMu.Lock()
 	defer s.locksMu.Unlock()
-	for k := range s.locks {
-		if k.account == account {
-			return false
+	for k, l := range s.locks {
+		if k.account == account && (all || k.device == device) && !l.closed {
+			l.closed = true
+			close(l.revoked)
 		}
 	}
-	s.locks[lockKey{account, allDevices}] = struct{}{}
-	return true
 }
-
-func (s *Store) unlockAccount(account string) { s.unlockDevice(account, allDevices) }
 
 // Message is one message of a maildrop snapshot.
 type Message struct {
@@ -77,18 +83,25 @@ func (m Message) ID() MessageID { return MessageID(m.id) }
 type Maildrop struct {
 	s      *Store
 	login  Login
+	lock   *lock
 	msgs   []Message
 	closed bool
 }
+
+// Revoked is closed when the session lost its right to the maildrop: the
+// device was revoked or the account deleted while it was open. The session
+// should end; Commit would fail.
+func (m *Maildrop) Revoked() <-chan struct{} { return m.lock.revoked }
 
 // OpenMaildrop locks the view of the logged-in device and snapshots it. It
 // fails with ErrMaildropLocked when another session holds that view, and
 // records the login time and remoteIP for the device.
 func (s *Store) OpenMaildrop(ctx context.Context, login Login, remoteIP string) (*Maildrop, error) {
-	if !s.lockDevice(login.Account, login.Device) {
+	l := s.lockDevice(login.Account, login.Device)
+	if l == nil {
 		return nil, fmt.Errorf("%w: %s", ErrMaildropLocked, login.Account)
 	}
-	m := &Maildrop{s: s, login: login}
+	m := &Maildrop{s: s, login: login, lock: l}
 	now := s.opts.Now()
 	err := s.update(ctx, 0, func(tx *bbolt.Tx) error {
 		a, err := getAccount(tx, login.Account)
@@ -174,6 +187,11 @@ func (m *Maildrop) Commit(ctx context.Context, deleted []int) error {
 		a, err := getAccount(tx, login.Account)
 		if err != nil {
 			return err
+		}
+		if login.Device != 0 && a.device(login.Device) == nil {
+			// Revoked while the session was open: its deletions no
+			// longer count.
+			return fmt.Errorf("%w: %s device %d", ErrNoSuchDevice, login.Account, login.Device)
 		}
 		mb := tx.Bucket(bucketMailboxes).Bucket([]byte(login.Account))
 		if mb == nil {

@@ -177,7 +177,7 @@ type Store struct {
 
 	// Maildrop locks held by POP3 sessions in this process.
 	locksMu sync.Mutex
-	locks   map[lockKey]struct{}
+	locks   map[lockKey]*lock
 
 	// hashSem bounds concurrent password hashing (argon2id costs memory).
 	hashSem chan struct{}
@@ -226,7 +226,7 @@ func Open(opts Options) (*Store, error) {
 		opts:    opts,
 		log:     opts.Logger,
 		ops:     make(chan *op, 4096),
-		locks:   make(map[lockKey]struct{}),
+		locks:   make(map[lockKey]*lock),
 		hashSem: make(chan struct{}, max(2, hashConcurrency())),
 	}
 	s.chunkPool.New = func() any { b := make([]byte, 0, opts.ChunkSize); return &b }
