@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -41,6 +42,9 @@ func cmdServe(env *cliEnv, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// After the first signal a second one ends the process at once
+	// (bbolt's file stays consistent: nothing accepted is lost).
+	context.AfterFunc(ctx, stop)
 	return serve(ctx, env, cfg, func() (Config, error) { return LoadConfig(*config) }, nil)
 }
 
@@ -49,6 +53,13 @@ func cmdServe(env *cliEnv, args []string) error {
 // spool is closed last. SIGHUP reloads what can be reloaded. ready, if not
 // nil, runs once every listener is up.
 func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, error), ready func()) error {
+	// Catch SIGHUP from the start: its default action ends the process, and
+	// a reload sent while a large spool is being verified must wait, not
+	// stop the server (systemd does not restart a process that SIGHUP
+	// ended, as that counts as a clean exit).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	level := new(slog.LevelVar)
 	log := newLogger(cfg.Log, level, env.stderr)
 	log.Info("postie starting", "version", version, "hostname", cfg.Hostname, "domains", cfg.Domains, "data_dir", cfg.DataDir)
@@ -93,12 +104,13 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 	}
 
 	var web http.Handler
+	tlsCfg := cfg.TLS // cfg itself stays as read, for comparing at reload
 	if cfg.Autoconfig.Enabled {
 		ac := autoconfig.New(cfg.Hostname, pop3sPort(cfg), cfg.Domains)
-		cfg.TLS.ExtraNames = append(cfg.TLS.ExtraNames, ac.Names()...)
+		tlsCfg.ExtraNames = slices.Concat(cfg.TLS.ExtraNames, ac.Names())
 		web = ac
 	}
-	tlsm, err := tlsauto.New(cfg.TLS, tlsauto.Deps{Logger: log.With("part", "tls"), Web: web, Resolver: dns})
+	tlsm, err := tlsauto.New(tlsCfg, tlsauto.Deps{Logger: log.With("part", "tls"), Web: web, Resolver: dns})
 	if err != nil {
 		return err
 	}
@@ -140,6 +152,12 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 		listen(cfg.POP3.Listen, "pop3", pop.Serve),
 		listen(cfg.POP3.ListenTLS, "pop3s", pop.ServeTLS),
 	)
+	var ml net.Listener
+	if err == nil && mon != nil {
+		if ml, err = net.Listen("tcp", cfg.Metrics.Listen); err != nil {
+			err = fmt.Errorf("metrics: %w", err)
+		}
+	}
 	if err != nil {
 		for _, b := range bindings {
 			b.l.Close()
@@ -158,11 +176,7 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 		}()
 	}
 
-	if mon != nil {
-		ml, err := net.Listen("tcp", cfg.Metrics.Listen)
-		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
+	if ml != nil {
 		log.Info("listening", "service", "metrics", "addr", ml.Addr().String())
 		wg.Add(1)
 		go func() {
@@ -200,9 +214,6 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 	if ready != nil {
 		ready()
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for running := true; running; {
 		select {
 		case <-ctx.Done():
@@ -221,7 +232,7 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 		}
 	}
 
-	log.Info("shutting down: no new connections; sessions in flight have 30s to finish")
+	log.Info("shutting down: no new connections; sessions in flight have 30s to finish (a second signal stops at once)")
 	shutdown, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var swg sync.WaitGroup
@@ -350,6 +361,7 @@ func cmdLocal(env *cliEnv, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	context.AfterFunc(ctx, stop) // a second Ctrl-C stops at once
 	return serve(ctx, env, cfg, nil, func() {
 		fmt.Fprintf(env.stdout, `
 Postie is running on this machine (data in %s). Press Ctrl-C to stop.

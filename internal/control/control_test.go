@@ -146,3 +146,23 @@ func TestBadRequests(t *testing.T) {
 		t.Fatalf("unknown op: %v", err)
 	}
 }
+
+// A data directory too deep for a Unix socket gets an error that says so,
+// not bind's bare "invalid argument".
+func TestSocketPathTooLong(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openStore(t, dir)
+	defer s.Close()
+	deep := filepath.Join(dir, strings.Repeat("d", 120))
+	if err := os.Mkdir(deep, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := Listen(filepath.Join(deep, SocketName), s, slog.New(slog.DiscardHandler))
+	if err == nil {
+		srv.Close()
+		t.Fatal("listened on a path longer than a Unix socket allows")
+	}
+	if !strings.Contains(err.Error(), "use a shorter data_dir") {
+		t.Fatalf("error %q does not say what to do", err)
+	}
+}

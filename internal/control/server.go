@@ -50,10 +50,18 @@ type Server struct {
 // maxRequest bounds a request line.
 const maxRequest = 64 << 10
 
+// maxSocketPath is the longest path a Unix socket can be bound to on Linux.
+const maxSocketPath = 107
+
 // Listen creates the control socket at path (replacing a stale one: the
 // caller holds the spool's lock, so no other server uses it) with mode 0600,
 // and serves it until Close.
 func Listen(path string, store *spool.Store, log *slog.Logger) (*Server, error) {
+	// sockaddr_un holds 108 bytes with the terminating NUL; a longer path
+	// fails to bind with a bare "invalid argument".
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("control: the socket path %s is %d bytes, longer than the %d a Unix socket allows: use a shorter data_dir", path, len(path), maxSocketPath)
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("control: remove stale socket: %w", err)
 	}
