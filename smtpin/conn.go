@@ -45,6 +45,7 @@ type conn struct {
 	commands       int             // command lines since the last accepted message
 	waitingCommand bool            // waiting for a command that has not started to arrive
 	dataMode       bool            // inside DATA: reads get the data-rate deadline
+	bdat           bool            // inside a BDAT transaction: data mode lasts to its end
 	dataBudget     time.Duration   // how long the next DATA read may wait
 	dataEnd        time.Time       // DataTimeout after DATA began
 	readCause      *smtp.SMTPError // the reply if the current read deadline passes
@@ -109,7 +110,9 @@ func (c *conn) delivered() {
 // deadline at the end of the session.
 func (c *conn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
-	c.dataMode = false
+	// A BDAT transaction stays in data mode across its command lines: go-smtp
+	// copies each chunk under the deadline of the BDAT line before it.
+	c.dataMode = c.bdat
 	if c.ended {
 		c.mu.Unlock()
 		return net.ErrClosed
@@ -136,6 +139,25 @@ func (c *conn) SetReadDeadline(t time.Time) error {
 	err := c.Conn.SetReadDeadline(t)
 	c.mu.Unlock()
 	return err
+}
+
+// beginBDAT puts a BDAT transaction (RFC 3030) under the DATA deadlines
+// from its first chunk to the end of the message, chunks and the BDAT
+// lines between them alike, so that a large chunk is held to the minimum
+// data rate and the data timeout rather than to one read timeout.
+func (c *conn) beginBDAT() {
+	c.beginData()
+	c.mu.Lock()
+	c.bdat = true
+	c.mu.Unlock()
+}
+
+// endBDAT ends what beginBDAT started; the next command line gets the
+// command deadlines again.
+func (c *conn) endBDAT() {
+	c.mu.Lock()
+	c.bdat = false
+	c.mu.Unlock()
 }
 
 // beginData switches reads to the DATA deadlines: each read may wait at

@@ -269,6 +269,71 @@ func TestTricklingData(t *testing.T) {
 	}
 }
 
+// TestTricklingBDAT holds BDAT chunks (RFC 3030) to the data-rate rule of
+// DATA: a chunk that keeps up with min_data_rate may take far longer than
+// read_timeout (a large chunk from a slow sender), and one that falls below
+// it gets the 421 that says so.
+func TestTricklingBDAT(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		size  int
+		piece int
+		want  string
+	}{
+		// 8 bytes every 50ms earns 80ms of budget per 50ms waited: the
+		// chunk takes about 750ms, well past the 300ms read timeout.
+		{"at the minimum rate", 120, 8, "250 2.0.0 "},
+		// 1 byte every 50ms earns 10ms: the budget runs out.
+		{"below the minimum rate", 1000, 1, "421 4.4.2 mx.example.test Message data arrived too slowly, closing connection"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, withConfig(func(c *Config) {
+				c.ReadTimeout = units.DurationOf(300 * time.Millisecond)
+				c.DataTimeout = units.DurationOf(time.Minute)
+				c.MinDataRate = 100
+			}))
+			c := e.dial()
+			c.hello()
+			c.expect("250 ", "MAIL FROM:<a@sender.example>")
+			c.expect("250 ", "RCPT TO:<alice@example.test>")
+			msg := "Subject: slow\r\n\r\n"
+			msg += strings.Repeat("x", tc.size-len(msg)-2) + "\r\n"
+			io.WriteString(c.conn, fmt.Sprintf("BDAT %d LAST\r\n", len(msg)))
+			done := make(chan string, 1)
+			go func() {
+				c.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+				s, _ := c.r.ReadString('\n')
+				done <- strings.TrimSuffix(s, "\r\n")
+			}()
+			var got string
+		trickle:
+			for rest := msg; ; {
+				select {
+				case got = <-done:
+					break trickle
+				case <-time.After(50 * time.Millisecond):
+					if rest != "" {
+						n := min(tc.piece, len(rest))
+						io.WriteString(c.conn, rest[:n])
+						rest = rest[n:]
+					}
+				}
+			}
+			if !strings.HasPrefix(got, tc.want) {
+				t.Fatalf("reply %q, want %q", got, tc.want)
+			}
+			stored := e.messages(alice)
+			if strings.HasPrefix(tc.want, "250") {
+				if len(stored) != 1 || !strings.HasSuffix(stored[0], msg) {
+					t.Fatalf("stored %d messages, want the one sent", len(stored))
+				}
+			} else if len(stored) != 0 {
+				t.Fatalf("%d messages stored", len(stored))
+			}
+		})
+	}
+}
+
 // TestUnknownRecipientPenalty: unknown recipients are logged with the
 // client address (for fail2ban) and count against the client network
 // across connections.

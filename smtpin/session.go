@@ -184,9 +184,12 @@ func (s *session) Data(r io.Reader) error {
 	if t == nil {
 		return refuse(s.c, errNoTransaction)
 	}
-	if _, bdat := r.(*io.PipeReader); !bdat {
-		// go-smtp's read deadline covers only the DATA line; the message
-		// gets the data-rate deadlines of conn.
+	// go-smtp's read deadline covers only the DATA or BDAT line; the
+	// message gets the data-rate deadlines of conn.
+	if _, bdat := r.(*io.PipeReader); bdat {
+		s.c.beginBDAT()
+		defer s.c.endBDAT()
+	} else {
 		s.c.beginData()
 	}
 	res := s.receive(t, r)
