@@ -181,7 +181,7 @@ func (s *session) authenticate(user, password string) reply {
 	}
 	s.srv.penalty.Forgive(keys...)
 
-	if wait := s.srv.checkLoginDelay(login, s.st.cfg.LoginDelay.D()); wait > 0 {
+	if wait := s.srv.loginDelayLeft(login, s.st.cfg.LoginDelay.D()); wait > 0 {
 		// RFC 2449 §8.1.1.
 		return fail("LOGIN-DELAY", "logged in too recently; wait %d more seconds", int(wait.Seconds()+0.999))
 	}
@@ -197,6 +197,7 @@ func (s *session) authenticate(user, password string) reply {
 		s.log.Error("pop3 login: opening the maildrop failed", "user", login.Account, "err", err)
 		return fail("SYS/TEMP", "the mail store is not available; try again later")
 	}
+	s.srv.recordLogin(login, s.st.cfg.LoginDelay.D())
 	s.login = login
 	s.drop = drop
 	go s.watchRevocation(drop)

@@ -16,6 +16,9 @@ type reply struct {
 	// body writes the lines of a multi-line reply, terminating line
 	// included (RFC 1939 §3). It runs only after a +OK status line.
 	body func(w *bufio.Writer) error
+	// release frees what body would have released (an open message) when
+	// the status line fails and body never runs.
+	release func()
 	// after runs once the reply is flushed (STLS starts TLS there).
 	after func() error
 	// strike marks a client mistake that counts toward MaxErrors.
@@ -62,10 +65,16 @@ func (s *session) write(r reply) error {
 		w.WriteString(r.text)
 	}
 	if _, err := w.WriteString("\r\n"); err != nil {
+		if r.release != nil {
+			r.release()
+		}
 		return err
 	}
 	if r.ok && r.body != nil {
 		return r.body(w)
+	}
+	if r.release != nil {
+		r.release()
 	}
 	return nil
 }

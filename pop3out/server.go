@@ -334,9 +334,9 @@ func (s *Server) Reload(cfg Config) error {
 	return nil
 }
 
-// checkLoginDelay enforces LOGIN-DELAY (RFC 2449 §6.5) and records the
-// login. It returns how long the client must still wait, or 0.
-func (s *Server) checkLoginDelay(l spool.Login, delay time.Duration) time.Duration {
+// loginDelayLeft returns how long l must still wait before it may log in
+// again (RFC 2449 LOGIN-DELAY), or 0.
+func (s *Server) loginDelayLeft(l spool.Login, delay time.Duration) time.Duration {
 	if delay <= 0 {
 		return 0
 	}
@@ -346,8 +346,19 @@ func (s *Server) checkLoginDelay(l spool.Login, delay time.Duration) time.Durati
 	if last, ok := s.lastLogins[l]; ok && now.Sub(last) < delay {
 		return delay - now.Sub(last)
 	}
-	s.lastLogins[l] = now
 	return 0
+}
+
+// recordLogin starts l's LOGIN-DELAY. It runs only once the maildrop is
+// open, so that a login refused for another reason ([IN-USE], [SYS/TEMP])
+// is not answered with [LOGIN-DELAY] when the client retries.
+func (s *Server) recordLogin(l spool.Login, delay time.Duration) {
+	if delay <= 0 {
+		return
+	}
+	s.loginsMu.Lock()
+	s.lastLogins[l] = s.deps.Now()
+	s.loginsMu.Unlock()
 }
 
 // remoteIP returns the client address of a connection, IPv4-mapped

@@ -404,6 +404,29 @@ func TestRevocationEndsTheSession(t *testing.T) {
 	laptop.expectClosed()
 }
 
+// A login refused with [IN-USE] does not start LOGIN-DELAY: the client's
+// retry, once the maildrop is free, logs in instead of being told to wait
+// an hour for a login that never happened.
+func TestLoginDelayCountsOnlyLogins(t *testing.T) {
+	e := newEnv(t, envOptions{config: func(c *Config) { c.LoginDelay = units.DurationOf(time.Hour) }})
+	held, err := e.store.OpenMaildrop(context.Background(), spool.Login{Account: alice}, "192.0.2.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.dial()
+	c.expect("+OK ")
+	c.cmd("+OK", "USER %s", alice)
+	c.cmd("-ERR [IN-USE] ", "PASS %s", password)
+	held.Close()
+	c.cmd("+OK", "USER %s", alice)
+	c.cmd("+OK maildrop has 3 messages", "PASS %s", password)
+	c.cmd("+OK", "QUIT")
+	d := e.dial()
+	d.expect("+OK ")
+	d.cmd("+OK", "USER %s", alice)
+	d.cmd("-ERR [LOGIN-DELAY] ", "PASS %s", password)
+}
+
 // Store failures are [SYS/TEMP] (RFC 3206), never [AUTH]: a client must
 // not take a server fault for a wrong password.
 func TestStoreFailures(t *testing.T) {

@@ -223,11 +223,6 @@ func (s *session) run() {
 // readCommand reads a command line. In the AUTHORIZATION state the session
 // is marked idle meanwhile, so Shutdown may close it.
 func (s *session) readCommand() (string, error) {
-	if s.state == stateAuthorization && s.srv.shuttingDown() {
-		// Shutdown lets sessions that hold a maildrop finish; no new
-		// ones start.
-		return "", errShuttingDown
-	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -235,6 +230,14 @@ func (s *session) readCommand() (string, error) {
 	}
 	s.idle = s.state == stateAuthorization && s.rd.Buffered() == 0
 	s.mu.Unlock()
+	// Checked after idle is set: a Shutdown that began before this point
+	// is seen here, and one that begins after it finds the session idle
+	// and closes it.
+	if s.state == stateAuthorization && s.srv.shuttingDown() {
+		// Shutdown lets sessions that hold a maildrop finish; no new
+		// ones start.
+		return "", errShuttingDown
+	}
 	line, err := s.readLine()
 	s.mu.Lock()
 	s.idle = false

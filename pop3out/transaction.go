@@ -182,6 +182,7 @@ func (s *session) sendMessage(i int, lines int64) reply {
 	if lines >= 0 {
 		r = ok("top of message %d follows", i+1)
 	}
+	r.release = func() { rc.Close() }
 	r.body = func(w *bufio.Writer) error {
 		defer rc.Close()
 		dw := newDotWriter(w)
