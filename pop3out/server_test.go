@@ -90,7 +90,7 @@ func TestIdleTimeout(t *testing.T) {
 }
 
 func TestLoginTimeout(t *testing.T) {
-	e := newEnv(t, envOptions{config: func(c *Config) { c.LoginTimeout = units.DurationOf(200 * time.Millisecond) }})
+	e := newEnv(t, envOptions{config: func(c *Config) { c.LoginTimeout = units.DurationOf(time.Second) }})
 	c := e.dial()
 	c.expect("+OK ")
 	c.cmd("+OK send PASS", "USER %s", alice)

@@ -261,7 +261,9 @@ func TestChecksTimeoutBounded(t *testing.T) {
 // coming in keep their verdicts, however long the message took past the
 // check timeout.
 func TestChecksSlowMessage(t *testing.T) {
-	e := newEnv(t, withConfig(func(c *Config) { c.Checks.Timeout = units.DurationOf(100 * time.Millisecond) }))
+	// The timeout leaves the checks ample time on a loaded machine; the
+	// body then arrives well after it has passed.
+	e := newEnv(t, withConfig(func(c *Config) { c.Checks.Timeout = units.DurationOf(500 * time.Millisecond) }))
 	e.dns.Add("_dmarc.sender.example", "TXT", "v=DMARC1; p=reject")
 	ed := dkimtest.NewEd25519(t, "sender.example", "ed")
 	e.dns.Add(ed.RecordName(), "TXT", ed.Record(t))
@@ -273,7 +275,7 @@ func TestChecksSlowMessage(t *testing.T) {
 	c.expect("250 ", "RCPT TO:<alice@example.test>")
 	c.expect("354 ", "DATA")
 	c.raw(head + "\r\n\r\n")
-	time.Sleep(400 * time.Millisecond) // past the check timeout
+	time.Sleep(1500 * time.Millisecond) // past the check timeout
 	c.raw(body + ".\r\n")
 	if got := c.reply(); !strings.HasPrefix(got, "250 ") {
 		t.Fatalf("reply %q", got)

@@ -63,7 +63,10 @@ func TestShutdownLetsDataFinish(t *testing.T) {
 		done <- e.srv.Shutdown(ctx)
 	}()
 	// Wait until Shutdown has asked the session to end.
-	for !allDraining(e.srv) {
+	for deadline := time.Now().Add(10 * time.Second); !allDraining(e.srv); {
+		if time.Now().After(deadline) {
+			t.Fatal("Shutdown never asked the session to end")
+		}
 		time.Sleep(time.Millisecond)
 	}
 	c.raw("second half\r\n.\r\n")

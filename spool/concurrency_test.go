@@ -370,6 +370,9 @@ func TestBackupWhileDelivering(t *testing.T) {
 	s := openTest(t, func(o *Options) { o.ChunkSize = 1024 })
 	mustAddAccount(t, s, "alice@example.com")
 	ctx := context.Background()
+	// One message before the first backup, so that every copy must hold
+	// at least one.
+	deliver(t, s, strings.Repeat("body\r\n", 1000), "alice@example.com")
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := 0; w < 8; w++ {
@@ -405,6 +408,7 @@ func TestBackupWhileDelivering(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+	prev := 1
 	for _, p := range copies {
 		problems, err := VerifyFile(p)
 		if err != nil {
@@ -423,6 +427,13 @@ func TestBackupWhileDelivering(t *testing.T) {
 		m, err := b.OpenMaildrop(ctx, Login{Account: "alice@example.com"}, "")
 		if err != nil {
 			t.Fatal(err)
+		}
+		// Each copy holds what the one before it held, and more or as
+		// much: deliveries only add.
+		if n := len(m.Messages()); n < prev {
+			t.Fatalf("%s holds %d messages; the copy before it held %d", p, n, prev)
+		} else {
+			prev = n
 		}
 		for i := range m.Messages() {
 			if got := readAll(t, m, i); len(got) != 6000 {
