@@ -54,11 +54,14 @@ func (c *Client) do(ctx context.Context, req request, sink io.Writer) (reply, er
 		return r, &remoteError{msg: r.Error, kind: sentinels[r.Kind]}
 	}
 	if r.Stream && sink != nil {
-		n, err := io.Copy(sink, br)
-		r.Count = n
+		t, err := readStream(br, sink)
 		if err != nil {
 			return r, fmt.Errorf("control: receive %s: %w", req.Op, err)
 		}
+		if t.Error != "" {
+			return t, &remoteError{msg: t.Error, kind: sentinels[t.Kind]}
+		}
+		r.Count = t.Count
 	}
 	return r, nil
 }
@@ -124,8 +127,7 @@ func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	return r.Count, err
 }
 
-// Export implements Admin. The count it returns is of bytes, not messages:
-// the server does not send the number.
+// Export implements Admin.
 func (c *Client) Export(ctx context.Context, addr string, w io.Writer) (int, error) {
 	r, err := c.do(ctx, request{Op: "export", Address: addr}, w)
 	return int(r.Count), err

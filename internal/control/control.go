@@ -7,8 +7,8 @@
 // directly. Either way the caller gets the same Admin.
 //
 // The protocol is one JSON request line per connection, answered by one JSON
-// reply line; for backup and export the reply line is followed by the raw
-// data until the server closes the connection.
+// reply line; for backup and export the reply line is followed by the data
+// in chunks and a trailer line that says whether it is complete.
 package control
 
 import (

@@ -1,14 +1,18 @@
 package control
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postie/postie/spool"
 )
@@ -164,5 +168,89 @@ func TestSocketPathTooLong(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "use a shorter data_dir") {
 		t.Fatalf("error %q does not say what to do", err)
+	}
+}
+
+// Export over the socket gives what the store gives, byte for byte and
+// across many chunks, and the number of messages.
+func TestExportOverTheSocket(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openStore(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.AddAccount(ctx, "alice@example.com", "correct horse battery"); err != nil {
+		t.Fatal(err)
+	}
+	for _, body := range []string{"Subject: a\r\n\r\nFrom here\r\n", strings.Repeat("x", 3<<20) + "\r\n", "Subject: c\r\n\r\nlast\r\n"} {
+		if _, err := s.Deliver(ctx, spool.Envelope{}, []string{"alice@example.com"}, strings.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var want bytes.Buffer
+	if _, err := s.Export(ctx, "alice@example.com", &want); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := Listen(filepath.Join(dir, SocketName), s, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c, err := Dial(filepath.Join(dir, SocketName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	n, err := c.Export(ctx, "alice@example.com", &got)
+	if err != nil || n != 3 {
+		t.Fatalf("Export: %d messages, %v; want 3", n, err)
+	}
+	if !bytes.Equal(got.Bytes(), want.Bytes()) {
+		t.Fatalf("export over the socket: %d bytes, want the store's %d", got.Len(), want.Len())
+	}
+}
+
+// A stream the server could not finish is an error for the client, never
+// a short mbox or backup taken for a whole one.
+func TestStreamCutShort(t *testing.T) {
+	for _, tc := range []struct{ name, sent string }{
+		{"inside a chunk", "{\"stream\":true}\n10\nonly part"},
+		{"between chunks", "{\"stream\":true}\n4\nsome"},
+		{"without the trailer", "{\"stream\":true}\n4\nsome0\n"},
+		{"error in the trailer", "{\"stream\":true}\n4\nsome0\n{\"error\":\"export failed: disk on fire\"}\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), SocketName)
+			ln, err := net.Listen("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				// Dial's probe connection first, then the request's.
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+						io.WriteString(c, tc.sent)
+					}
+					c.Close()
+				}
+			}()
+			c, err := Dial(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			var got bytes.Buffer
+			if _, err := c.Export(ctx, "alice@example.com", &got); err == nil {
+				t.Fatalf("a stream cut short was taken as whole (%q)", got.String())
+			}
+		})
 	}
 }

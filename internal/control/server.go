@@ -132,26 +132,34 @@ func (s *Server) handle(c *net.UnixConn) {
 				return
 			}
 		}
-		// The reply line, then the data. An error after the data started
-		// cannot be reported in-band: the client sees a short stream and
-		// the missing trailer.
+		// The reply line, then the data in chunks, then a trailer that
+		// says whether it is all there (stream.go).
 		writeReply(c, reply{Stream: true})
 		bw := bufio.NewWriterSize(c, 64<<10)
+		data := bufio.NewWriterSize(chunkWriter{bw}, 64<<10)
+		var n int64
 		var err error
 		if req.Op == "backup" {
-			_, err = admin.Backup(ctx, bw)
+			n, err = admin.Backup(ctx, data)
 		} else {
-			_, err = admin.Export(ctx, req.Address, bw)
+			var msgs int
+			msgs, err = admin.Export(ctx, req.Address, data)
+			n = int64(msgs)
 		}
 		if err == nil {
-			err = bw.Flush()
+			err = data.Flush()
 		}
+		trailer := reply{Count: n}
 		if err != nil {
-			s.log.Error("control: "+req.Op+" failed", "err", err)
-			return
+			s.log.Error("control: "+req.Op+" failed", "address", req.Address, "err", err)
+			trailer = reply{Error: req.Op + " failed: " + err.Error(), Kind: errorKind(err)}
 		}
-		c.CloseWrite()
-		s.log.Info("control: "+req.Op+" done", "address", req.Address)
+		if err := endStream(bw, trailer); err == nil && bw.Flush() == nil {
+			c.CloseWrite()
+		}
+		if trailer.Error == "" {
+			s.log.Info("control: "+req.Op+" done", "address", req.Address)
+		}
 		return
 	case "user.add":
 		err = admin.AddAccount(ctx, req.Address, req.Password)
