@@ -36,6 +36,11 @@ type deviceRecord struct {
 	Name      string    `json:"name"`
 	TokenHash string    `json:"token_sha256"` // hex SHA-256 of the random password
 	Created   time.Time `json:"created"`
+	// FirstUID is the first UID of the mailbox the device sees: the next
+	// one when it was added, taken in the same transaction, so that what
+	// it sees follows the order of commits, not of clock readings.
+	// Records from before it (0) compare arrival and creation times.
+	FirstUID  uint64    `json:"first_uid,omitempty"`
 	All       bool      `json:"all,omitempty"` // sees mail that arrived before it was added
 	LastLogin time.Time `json:"last_login,omitzero"`
 	LastIP    string    `json:"last_ip,omitempty"`

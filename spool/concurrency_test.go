@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/postie/postie/internal/units"
 )
@@ -109,6 +110,38 @@ func TestConcurrentDeliveriesAndDeletions(t *testing.T) {
 		}
 	}
 	checkVerify(t, s)
+}
+
+// TestDeviceViewFollowsCommitOrder: which mail a new device sees depends on
+// the order in which the device and the messages were stored, not on the
+// clock: a clock stepped back after a device was added (an NTP correction)
+// must not hide mail from it, nor let the others' deletions remove mail it
+// has not fetched.
+func TestDeviceViewFollowsCommitOrder(t *testing.T) {
+	clock := newClock()
+	s := openTest(t, func(o *Options) { o.Now = clock.Now })
+	ctx := context.Background()
+	const acct = "alice@example.com"
+	mustAddAccount(t, s, acct)
+	deliver(t, s, "before\r\n", acct)
+	pw, err := s.AddDevice(ctx, acct, "phone", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	phone, err := s.Authenticate(acct, pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(-time.Hour)
+	deliver(t, s, "after, by a clock an hour behind\r\n", acct)
+	m, err := s.OpenMaildrop(ctx, phone, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if msgs := m.Messages(); len(msgs) != 1 || string(readAll(t, m, 0)) != "after, by a clock an hour behind\r\n" {
+		t.Fatalf("the phone sees %d messages; want only the one stored after it was added", len(msgs))
+	}
 }
 
 func TestDevices(t *testing.T) {

@@ -71,7 +71,11 @@ func (s *Store) AddDevice(ctx context.Context, addr, name string, all bool) (str
 		if a.NextDevice == 0 { // wrapped: 2^32 devices added
 			return fmt.Errorf("spool: %s: out of device numbers", addr)
 		}
-		a.Devices = append(a.Devices, deviceRecord{ID: a.NextDevice, Name: name, TokenHash: tokenHash(pw), Created: now, All: all})
+		first := uint64(1)
+		if mb := tx.Bucket(bucketMailboxes).Bucket([]byte(addr)); mb != nil {
+			first = mb.Sequence() + 1
+		}
+		a.Devices = append(a.Devices, deviceRecord{ID: a.NextDevice, Name: name, TokenHash: tokenHash(pw), Created: now, FirstUID: first, All: all})
 		return putAccount(tx, a)
 	})
 	if err != nil {
@@ -101,9 +105,9 @@ func (s *Store) Devices(addr string) ([]DeviceInfo, error) {
 		if mb == nil {
 			return nil
 		}
-		return forEachEntry(mb, func(_ uint64, e *entryRecord) error {
+		return forEachEntry(mb, func(uid uint64, e *entryRecord) error {
 			for i := range out {
-				if a.visible(e, out[i].ID) {
+				if a.visible(uid, e, out[i].ID) {
 					out[i].Waiting++
 				}
 			}

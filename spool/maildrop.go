@@ -128,7 +128,7 @@ func (s *Store) OpenMaildrop(ctx context.Context, login Login, remoteIP string) 
 				return fmt.Errorf("spool: account %s has no mailbox", login.Account)
 			}
 			return forEachEntry(mb, func(uid uint64, e *entryRecord) error {
-				if a.visible(e, login.Device) {
+				if a.visible(uid, e, login.Device) {
 					m.msgs = append(m.msgs, Message{UID: uid, UIDL: uidl(uid, e.Arrived), Size: e.Size, Arrived: e.Arrived, id: e.Message})
 				}
 				return nil
@@ -230,8 +230,8 @@ func (m *Maildrop) Close() {
 	m.s.unlockDevice(m.login.Account, m.login.Device)
 }
 
-// visible reports whether device dev sees entry e.
-func (a *accountRecord) visible(e *entryRecord, dev uint32) bool {
+// visible reports whether device dev sees entry e, stored under uid.
+func (a *accountRecord) visible(uid uint64, e *entryRecord, dev uint32) bool {
 	if !e.Trashed.IsZero() || e.deletedBy(dev) {
 		return false
 	}
@@ -239,13 +239,19 @@ func (a *accountRecord) visible(e *entryRecord, dev uint32) bool {
 		return true
 	}
 	d := a.device(dev)
-	return d != nil && d.claims(e)
+	return d != nil && d.claims(uid, e)
 }
 
 // claims reports whether a device has a claim on a message: it sees it
-// because it existed when the message arrived, or was added with --all.
-func (d *deviceRecord) claims(e *entryRecord) bool {
-	return d.All || !e.Arrived.Before(d.Created)
+// because it existed when the message was stored, or was added with --all.
+func (d *deviceRecord) claims(uid uint64, e *entryRecord) bool {
+	switch {
+	case d.All:
+		return true
+	case d.FirstUID > 0:
+		return uid >= d.FirstUID
+	}
+	return !e.Arrived.Before(d.Created)
 }
 
 func (a *accountRecord) device(id uint32) *deviceRecord {
@@ -262,14 +268,14 @@ func (a *accountRecord) device(id uint32) *deviceRecord {
 // active when it logged in within DeviceIdle; a device is active when it
 // was added or logged in within DeviceIdle, so a new device gets the
 // chance to fetch what arrived for it.
-func (s *Store) wantedBy(a *accountRecord, e *entryRecord, now time.Time) bool {
+func (s *Store) wantedBy(a *accountRecord, uid uint64, e *entryRecord, now time.Time) bool {
 	idle := s.opts.DeviceIdle.D()
 	if !e.deletedBy(0) && now.Sub(a.LastLogin) < idle {
 		return true
 	}
 	for i := range a.Devices {
 		d := &a.Devices[i]
-		if e.deletedBy(d.ID) || !d.claims(e) {
+		if e.deletedBy(d.ID) || !d.claims(uid, e) {
 			continue
 		}
 		last := d.LastLogin
@@ -292,7 +298,7 @@ func (s *Store) settle(tx *bbolt.Tx, a *accountRecord, mb *bbolt.Bucket, uid uin
 		return nil
 	}
 	graceOver := !e.FirstDeleted.IsZero() && now.Sub(e.FirstDeleted) >= s.opts.DeviceDeleteGrace.D()
-	if len(e.DeletedBy) == 0 || (!graceOver && s.wantedBy(a, e, now)) {
+	if len(e.DeletedBy) == 0 || (!graceOver && s.wantedBy(a, uid, e, now)) {
 		return mb.Put(u64(uid), encode(e))
 	}
 	if s.opts.Retention.D() > 0 {
