@@ -61,6 +61,9 @@ type AccountInfo struct {
 	Quota     int64 // effective limit in bytes; 0: none
 	Messages  int   // messages in the mailbox, retained ones included
 	Bytes     int64 // their total size
+	// QuotaUsed is what counts against Quota: Bytes less the retained
+	// mail, which the owner deleted. Computed only when there is a quota.
+	QuotaUsed int64
 	LastLogin time.Time
 	LastIP    string
 	Devices   int
@@ -292,7 +295,14 @@ func (s *Store) Account(addr string) (AccountInfo, error) {
 }
 
 func (s *Store) info(tx *bbolt.Tx, a *accountRecord) AccountInfo {
-	st := getMailboxStats(tx.Bucket(bucketMailboxes).Bucket([]byte(a.Address)))
+	mb := tx.Bucket(bucketMailboxes).Bucket([]byte(a.Address))
+	st := getMailboxStats(mb)
+	used := st.Bytes
+	if s.quota(a) > 0 && s.opts.Retention.D() > 0 && mb != nil {
+		if trashed, err := trashedBytes(mb); err == nil {
+			used -= trashed
+		}
+	}
 	last, ip := a.LastLogin, a.LastIP
 	for _, d := range a.Devices {
 		if d.LastLogin.After(last) {
@@ -301,7 +311,7 @@ func (s *Store) info(tx *bbolt.Tx, a *accountRecord) AccountInfo {
 	}
 	return AccountInfo{
 		Address: a.Address, Created: a.Created, Quota: s.quota(a),
-		Messages: st.Messages, Bytes: st.Bytes,
+		Messages: st.Messages, Bytes: st.Bytes, QuotaUsed: used,
 		LastLogin: last, LastIP: ip, Devices: len(a.Devices),
 	}
 }

@@ -346,6 +346,39 @@ func TestAccountPasswordAloneBehavesAsBefore(t *testing.T) {
 	}
 }
 
+// TestQuotaIgnoresRetainedMail: mail the owner deleted but retention keeps
+// does not count against the quota, so deleting is how an owner makes room.
+func TestQuotaIgnoresRetainedMail(t *testing.T) {
+	s := openTest(t, func(o *Options) { o.Retention = units.DurationOf(3600e9) })
+	ctx := context.Background()
+	mustAddAccount(t, s, "alice@example.com")
+	deliver(t, s, "keep me\r\n", "alice@example.com")
+	deliver(t, s, "other\r\n", "alice@example.com")
+	m := openDrop(t, s, "alice@example.com")
+	other := m.Messages()[1].Size
+	if err := m.Commit(ctx, []int{0}); err != nil {
+		t.Fatal(err)
+	}
+	// The quota holds "other" and a newcomer exactly (both stored with the
+	// same Return-Path line); "keep me", retained, is not counted.
+	newcomer := "newcomer\r\n"
+	quota := 2*other - int64(len("other\r\n")) + int64(len(newcomer))
+	if err := s.SetQuota(ctx, "alice@example.com", quota); err != nil {
+		t.Fatal(err)
+	}
+	deliver(t, s, newcomer, "alice@example.com")
+	if _, err := s.Deliver(ctx, Envelope{}, []string{"alice@example.com"}, strings.NewReader("x")); !errors.Is(err, ErrQuotaExceeded) {
+		t.Fatalf("Deliver over the quota of what is visible: %v, want ErrQuotaExceeded", err)
+	}
+	if st, _ := s.Stats(); st.Messages != 3 {
+		t.Fatalf("%d messages stored, want 3 (one retained)", st.Messages)
+	}
+	if info, _ := s.Account("alice@example.com"); info.QuotaUsed != quota || info.Bytes <= quota {
+		t.Fatalf("account info: %d bytes, %d counted against the quota; want %d counted", info.Bytes, info.QuotaUsed, quota)
+	}
+	checkVerify(t, s)
+}
+
 func TestRetention(t *testing.T) {
 	clock := newClock()
 	s := openTest(t, func(o *Options) { o.Now = clock.Now; o.Retention = units.DurationOf(3600e9) })

@@ -325,8 +325,20 @@ func (d *Delivery) Commit(prefix []byte, accounts []string) (MessageID, error) {
 			if mb == nil {
 				return fmt.Errorf("spool: account %s has no mailbox", r)
 			}
-			if q := d.s.quota(a); q > 0 && getMailboxStats(mb).Bytes+size > q {
-				return fmt.Errorf("%w: %s", ErrQuotaExceeded, r)
+			if q := d.s.quota(a); q > 0 {
+				used := getMailboxStats(mb).Bytes
+				if used+size > q {
+					// Mail the owner deleted but retention keeps does
+					// not count. It is summed only near the quota.
+					trashed, err := trashedBytes(mb)
+					if err != nil {
+						return err
+					}
+					used -= trashed
+				}
+				if used+size > q {
+					return fmt.Errorf("%w: %s", ErrQuotaExceeded, r)
+				}
 			}
 			boxes[i] = mb
 		}
@@ -490,4 +502,16 @@ func (s *Store) Stats() (Stats, error) {
 		return nil
 	})
 	return st, err
+}
+
+// trashedBytes sums the sizes of a mailbox's retained (deleted) entries.
+func trashedBytes(mb *bbolt.Bucket) (int64, error) {
+	var n int64
+	err := forEachEntry(mb, func(_ uint64, e *entryRecord) error {
+		if !e.Trashed.IsZero() {
+			n += e.Size
+		}
+		return nil
+	})
+	return n, err
 }

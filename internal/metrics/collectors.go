@@ -95,7 +95,7 @@ func Overdue(a spool.AccountInfo, now time.Time, limit time.Duration) bool {
 
 // NearQuota reports whether a mailbox is above fraction of its quota.
 func NearQuota(a spool.AccountInfo, fraction float64) bool {
-	return a.Quota > 0 && float64(a.Bytes) >= fraction*float64(a.Quota)
+	return a.Quota > 0 && float64(a.QuotaUsed) >= fraction*float64(a.Quota)
 }
 
 // CertCollector reports the expiry of the certificate the mail ports serve.
