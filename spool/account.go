@@ -56,11 +56,11 @@ type Login struct {
 
 // AccountInfo describes an account for listings.
 type AccountInfo struct {
-	Address   string
-	Created   time.Time
-	Quota     int64 // effective limit in bytes; 0: none
-	Messages  int   // messages in the mailbox, retained ones included
-	Bytes     int64 // their total size
+	Address  string
+	Created  time.Time
+	Quota    int64 // effective limit in bytes; 0: none
+	Messages int   // messages in the mailbox, retained ones included
+	Bytes    int64 // their total size
 	// QuotaUsed is what counts against Quota: Bytes less the retained
 	// mail, which the owner deleted. Computed only when there is a quota.
 	QuotaUsed int64
