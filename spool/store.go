@@ -388,10 +388,19 @@ func (s *Store) commit(batch []*op) {
 			continue
 		}
 		err = storageError(err)
-		s.log.Error("spool commit failed", "err", err, "ops", len(batch))
-		for _, o := range batch {
-			o.done <- err
+		if len(batch) > 1 {
+			// The commit itself failed: often one large delivery that
+			// filled the disk or max_size. The others, typically small
+			// (a QUIT's deletions, which free space), get a transaction
+			// each; every op is safe to run again.
+			s.log.Warn("spool commit failed; retrying its writes one at a time", "err", err, "ops", len(batch))
+			for _, o := range batch {
+				s.commit([]*op{o})
+			}
+			return
 		}
+		s.log.Error("spool commit failed", "err", err)
+		batch[0].done <- err
 		return
 	}
 }

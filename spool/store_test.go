@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	"go.etcd.io/bbolt"
 )
 
 func TestNormalisation(t *testing.T) {
@@ -440,4 +442,41 @@ func countChunks(t testing.TB, s *Store) int {
 		return nil
 	})
 	return n
+}
+
+// TestCommitFailureSparesSmallWrites: when a batch's commit fails because
+// one large write filled max_size, the small writes queued with it (a
+// QUIT's deletions, which free space) still go through.
+func TestCommitFailureSparesSmallWrites(t *testing.T) {
+	s := openTest(t, func(o *Options) { o.MaxSize = 4 << 20 })
+	small := &op{done: make(chan error, 1), fn: func(tx *bbolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte("test"))
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte("small"), []byte("fits"))
+	}}
+	big := &op{done: make(chan error, 1), fn: func(tx *bbolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte("test"))
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte("big"), make([]byte, 8<<20))
+	}}
+	s.commit([]*op{small, big})
+	if err := <-small.done; err != nil {
+		t.Fatalf("the small write failed with the big one: %v", err)
+	}
+	if err := <-big.done; !errors.Is(err, ErrStorageFull) {
+		t.Fatalf("the big write: %v, want ErrStorageFull", err)
+	}
+	err := s.view(func(tx *bbolt.Tx) error {
+		if b := tx.Bucket([]byte("test")); b == nil || string(b.Get([]byte("small"))) != "fits" || b.Get([]byte("big")) != nil {
+			return errors.New("the bucket does not hold exactly the small write")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
