@@ -254,3 +254,62 @@ func TestStreamCutShort(t *testing.T) {
 		})
 	}
 }
+
+// A backup whose client stops reading does not keep the server from
+// closing: Close cuts the stream, and the client is told it is incomplete.
+func TestCloseCutsAStalledStream(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openStore(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.AddAccount(ctx, "alice@example.com", "correct horse battery"); err != nil {
+		t.Fatal(err)
+	}
+	// Enough data that the server blocks writing to a client that reads
+	// nothing (the socket buffers hold a few hundred KiB).
+	for range 8 {
+		if _, err := s.Deliver(ctx, spool.Envelope{}, []string{"alice@example.com"}, strings.NewReader(strings.Repeat("x", 1<<20))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv, err := Listen(filepath.Join(dir, SocketName), s, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Dial(filepath.Join(dir, SocketName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe() // nobody reads it: the client stalls on its first write
+	result := make(chan error, 1)
+	go func() {
+		_, err := c.Backup(ctx, pw)
+		result <- err
+	}()
+	// Wait until the server is streaming, then close it.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		srv.mu.Lock()
+		n := len(srv.streams)
+		srv.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the backup never started streaming")
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- srv.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waits for a stalled stream")
+	}
+	pr.Close() // let the client's write fail, so it returns
+	if err := <-result; err == nil {
+		t.Fatal("a backup cut short was reported complete")
+	}
+}

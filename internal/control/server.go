@@ -45,6 +45,25 @@ type Server struct {
 	ln    *net.UnixListener
 	path  string
 	wg    sync.WaitGroup
+
+	// Connections carrying a backup or export: a read transaction stays
+	// open while they last, so Close cuts them rather than wait.
+	mu      sync.Mutex
+	streams map[*net.UnixConn]struct{}
+	closing bool
+}
+
+// streamStall is how long a backup or export may wait for the client to
+// take more data. Its read transaction holds old pages of the spool file
+// meanwhile, and when the file must grow, every write waits for it.
+const streamStall = time.Minute
+
+// stallWriter gives each write to a connection streamStall to complete.
+type stallWriter struct{ c *net.UnixConn }
+
+func (w stallWriter) Write(p []byte) (int, error) {
+	w.c.SetWriteDeadline(time.Now().Add(streamStall))
+	return w.c.Write(p)
 }
 
 // maxRequest bounds a request line.
@@ -73,7 +92,7 @@ func Listen(path string, store *spool.Store, log *slog.Logger) (*Server, error) 
 		ln.Close()
 		return nil, fmt.Errorf("control: chmod socket: %w", err)
 	}
-	s := &Server{store: store, log: log, ln: ln, path: path}
+	s := &Server{store: store, log: log, ln: ln, path: path, streams: map[*net.UnixConn]struct{}{}}
 	s.wg.Add(1)
 	go s.serve()
 	return s, nil
@@ -83,6 +102,12 @@ func Listen(path string, store *spool.Store, log *slog.Logger) (*Server, error) 
 // socket.
 func (s *Server) Close() error {
 	err := s.ln.Close()
+	s.mu.Lock()
+	s.closing = true
+	for c := range s.streams {
+		c.Close() // the client sees the stream cut short
+	}
+	s.mu.Unlock()
 	s.wg.Wait()
 	os.Remove(s.path)
 	return err
@@ -134,8 +159,21 @@ func (s *Server) handle(c *net.UnixConn) {
 		}
 		// The reply line, then the data in chunks, then a trailer that
 		// says whether it is all there (stream.go).
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			writeReply(c, reply{Error: "control: the server is shutting down"})
+			return
+		}
+		s.streams[c] = struct{}{}
+		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			delete(s.streams, c)
+			s.mu.Unlock()
+		}()
 		writeReply(c, reply{Stream: true})
-		bw := bufio.NewWriterSize(c, 64<<10)
+		bw := bufio.NewWriterSize(stallWriter{c}, 64<<10)
 		data := bufio.NewWriterSize(chunkWriter{bw}, 64<<10)
 		var n int64
 		var err error
