@@ -171,24 +171,33 @@ func TestSocketPathTooLong(t *testing.T) {
 	}
 }
 
-// Export over the socket gives what the store gives, byte for byte and
-// across many chunks, and the number of messages.
-func TestExportOverTheSocket(t *testing.T) {
-	dir := t.TempDir()
+// storeWithMail opens a store in dir with alice@example.com holding the
+// given messages; the test closes it.
+func storeWithMail(t *testing.T, dir string, bodies ...string) *spool.Store {
+	t.Helper()
 	s, err := openStore(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
 	ctx := context.Background()
 	if err := s.AddAccount(ctx, "alice@example.com", "correct horse battery"); err != nil {
 		t.Fatal(err)
 	}
-	for _, body := range []string{"Subject: a\r\n\r\nFrom here\r\n", strings.Repeat("x", 3<<20) + "\r\n", "Subject: c\r\n\r\nlast\r\n"} {
+	for _, body := range bodies {
 		if _, err := s.Deliver(ctx, spool.Envelope{}, []string{"alice@example.com"}, strings.NewReader(body)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return s
+}
+
+// Export over the socket gives what the store gives, byte for byte and
+// across many chunks, and the number of messages.
+func TestExportOverTheSocket(t *testing.T) {
+	dir := t.TempDir()
+	s := storeWithMail(t, dir, "Subject: a\r\n\r\nFrom here\r\n", strings.Repeat("x", 3<<20)+"\r\n", "Subject: c\r\n\r\nlast\r\n")
+	ctx := context.Background()
 	var want bytes.Buffer
 	if _, err := s.Export(ctx, "alice@example.com", &want); err != nil {
 		t.Fatal(err)
@@ -259,22 +268,11 @@ func TestStreamCutShort(t *testing.T) {
 // closing: Close cuts the stream, and the client is told it is incomplete.
 func TestCloseCutsAStalledStream(t *testing.T) {
 	dir := t.TempDir()
-	s, err := openStore(t, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	ctx := context.Background()
-	if err := s.AddAccount(ctx, "alice@example.com", "correct horse battery"); err != nil {
-		t.Fatal(err)
-	}
 	// Enough data that the server blocks writing to a client that reads
 	// nothing (the socket buffers hold a few hundred KiB).
-	for range 8 {
-		if _, err := s.Deliver(ctx, spool.Envelope{}, []string{"alice@example.com"}, strings.NewReader(strings.Repeat("x", 1<<20))); err != nil {
-			t.Fatal(err)
-		}
-	}
+	mb := strings.Repeat("x", 1<<20)
+	s := storeWithMail(t, dir, mb, mb, mb, mb, mb, mb, mb, mb)
+	ctx := context.Background()
 	srv, err := Listen(filepath.Join(dir, SocketName), s, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
