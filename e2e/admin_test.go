@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -204,6 +207,50 @@ func TestSignals(t *testing.T) {
 	}
 	if !strings.Contains(s.proc.logs(), "stopped") {
 		t.Fatalf("no clean stop in the log:\n%s", s.proc.logs())
+	}
+}
+
+// TestSecondSignalStopsAtOnce: SIGTERM lets a transaction in flight finish
+// (up to 30s); a second SIGTERM meanwhile ends the process at once, and
+// the spool it leaves behind is whole.
+func TestSecondSignalStopsAtOnce(t *testing.T) {
+	s := newServer(t, serverOptions{})
+	s.addUser(t, "alice@"+domain)
+	c, err := net.Dial("tcp", s.smtp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	for _, cmd := range []string{"", "EHLO client.test", "MAIL FROM:<a@elsewhere.test>", "RCPT TO:<alice@" + domain + ">", "DATA"} {
+		if cmd != "" {
+			fmt.Fprintf(c, "%s\r\n", cmd)
+		}
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("%q: %v", cmd, err)
+			}
+			if len(line) < 4 || line[3] != '-' {
+				break
+			}
+		}
+	}
+	io.WriteString(c, "Subject: in flight\r\n\r\nhalf a message\r\n")
+
+	s.proc.cmd.Process.Signal(syscall.SIGTERM)
+	s.proc.waitLog(t, "shutting down")
+	if s.proc.exited() {
+		t.Fatal("the first SIGTERM did not wait for the transaction in flight")
+	}
+	s.proc.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.proc.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a second SIGTERM did not stop the server at once")
+	}
+	if out, err := exec.Command(postieBin, "verify", "-config", s.config).CombinedOutput(); err != nil {
+		t.Fatalf("verify after the second signal: %v\n%s", err, out)
 	}
 }
 
