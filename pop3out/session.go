@@ -285,14 +285,11 @@ func (s *session) readFailed(err error) {
 		s.end = "client closed the connection"
 	default:
 		s.mu.Lock()
-		closed, revoked := s.closed, s.revoked
+		closed := s.closed
 		s.mu.Unlock()
-		switch {
-		case revoked:
-			s.end = "device revoked or account deleted"
-		case closed:
-			s.end = "server shutdown"
-		default:
+		if closed {
+			s.end = "server shutdown" // or revoked: finish says so
+		} else {
 			s.end = "read failed"
 		}
 	}

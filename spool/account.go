@@ -298,9 +298,9 @@ func (s *Store) info(tx *bbolt.Tx, a *accountRecord) AccountInfo {
 	mb := tx.Bucket(bucketMailboxes).Bucket([]byte(a.Address))
 	st := getMailboxStats(mb)
 	used := st.Bytes
-	if s.quota(a) > 0 && s.opts.Retention.D() > 0 && mb != nil {
-		if trashed, err := trashedBytes(mb); err == nil {
-			used -= trashed
+	if s.quota(a) > 0 {
+		if u, err := s.quotaUsed(mb); err == nil {
+			used = u
 		}
 	}
 	last, ip := a.LastLogin, a.LastIP

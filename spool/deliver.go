@@ -325,16 +325,12 @@ func (d *Delivery) Commit(prefix []byte, accounts []string) (MessageID, error) {
 			if mb == nil {
 				return fmt.Errorf("spool: account %s has no mailbox", r)
 			}
-			if q := d.s.quota(a); q > 0 {
-				used := getMailboxStats(mb).Bytes
-				if used+size > q {
-					// Mail the owner deleted but retention keeps does
-					// not count. It is summed only near the quota.
-					trashed, err := trashedBytes(mb)
-					if err != nil {
-						return err
-					}
-					used -= trashed
+			// The total alone decides when it is under the quota;
+			// only above it is the retained mail summed and left out.
+			if q := d.s.quota(a); q > 0 && getMailboxStats(mb).Bytes+size > q {
+				used, err := d.s.quotaUsed(mb)
+				if err != nil {
+					return err
 				}
 				if used+size > q {
 					return fmt.Errorf("%w: %s", ErrQuotaExceeded, r)
@@ -504,14 +500,19 @@ func (s *Store) Stats() (Stats, error) {
 	return st, err
 }
 
-// trashedBytes sums the sizes of a mailbox's retained (deleted) entries.
-func trashedBytes(mb *bbolt.Bucket) (int64, error) {
-	var n int64
+// quotaUsed is the part of a mailbox's bytes that counts against its
+// quota: retained mail, which the owner deleted, does not. With retention
+// on, finding it scans the mailbox.
+func (s *Store) quotaUsed(mb *bbolt.Bucket) (int64, error) {
+	used := getMailboxStats(mb).Bytes
+	if s.opts.Retention.D() == 0 || mb == nil {
+		return used, nil
+	}
 	err := forEachEntry(mb, func(_ uint64, e *entryRecord) error {
 		if !e.Trashed.IsZero() {
-			n += e.Size
+			used -= e.Size
 		}
 		return nil
 	})
-	return n, err
+	return used, err
 }
