@@ -11,6 +11,7 @@ import (
 
 	"github.com/postie/postie/internal/resolver"
 	"github.com/postie/postie/internal/setupcheck"
+	"github.com/postie/postie/smtpin"
 )
 
 // ipList collects repeated -ip flags.
@@ -52,6 +53,10 @@ func cmdCheck(env *cliEnv, args []string) error {
 	defer cancel()
 	findings := setupcheck.Run(ctx, p, r)
 	problems := printFindings(env.stdout, findings)
+	fmt.Fprintf(env.stdout, "\nPostmaster mail (RFC 5321 requires accepting it; DMARC and TLS reports go there):\n")
+	for _, l := range smtpin.DescribePostmaster(cfg.SMTP) {
+		fmt.Fprintf(env.stdout, "  %s\n", l)
+	}
 	if cfg.Autoconfig.Enabled {
 		fmt.Fprintf(env.stdout, "\nClients that read RFC 6186 SRV records find the POP3 server through:\n")
 		for _, d := range cfg.Domains {

@@ -124,6 +124,14 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 	if err != nil {
 		return err
 	}
+	// RFC 5321 §4.5.1: postmaster mail must be accepted; say where it goes.
+	if pm, err := smtp.Postmaster(); err != nil {
+		log.Warn("postmaster mail cannot be delivered yet; it gets 451 until this is fixed", "err", err)
+	} else if cfg.Postmaster != "" {
+		log.Info("postmaster mail goes to the postmaster account", "account", pm)
+	} else {
+		log.Info("postmaster mail goes to the first account in address order (set postmaster to choose)", "account", pm)
+	}
 	pop, err := pop3out.New(cfg.POP3, pop3out.Deps{Store: store, TLS: tlsm.TLSConfig(), TLSReady: tlsm.Ready, Logger: log.With("part", "pop3"), Metrics: mon})
 	if err != nil {
 		return err

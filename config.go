@@ -34,6 +34,10 @@ type Config struct {
 	DataDir       string              `toml:"data_dir"`
 	PlusSeparator string              `toml:"plus_separator"`
 	Aliases       map[string][]string `toml:"aliases"`
+	// Postmaster is the account that receives mail for postmaster@ each
+	// domain (and for <Postmaster>), which RFC 5321 §4.5.1 says must be
+	// accepted. Empty: the first account in address order.
+	Postmaster string `toml:"postmaster"`
 	// PublicAddresses are this server's public IP addresses, for "postie
 	// check" (the A/AAAA and reverse DNS records must match them).
 	PublicAddresses []string `toml:"public_addresses"`
@@ -221,6 +225,7 @@ func (c *Config) spread() {
 	}
 	c.SMTP.Hostname, c.SMTP.Domains = c.Hostname, c.Domains
 	c.SMTP.Aliases, c.SMTP.PlusSeparator = c.Aliases, c.PlusSeparator
+	c.SMTP.Postmaster = c.Postmaster
 	c.POP3.Hostname = c.Hostname
 	c.TLS.Hostname, c.TLS.Domains, c.TLS.DataDir = c.Hostname, c.Domains, c.DataDir
 	c.Spool.Path = filepath.Join(c.DataDir, "spool.db")
@@ -268,6 +273,11 @@ func (c *Config) Validate() error {
 			if _, err := c.LocalAddress(t); err != nil {
 				add("aliases: %q -> %q: %v (aliases point at local accounts: Postie does not forward mail)", from, t, err)
 			}
+		}
+	}
+	if c.Postmaster != "" {
+		if _, err := c.LocalAddress(c.Postmaster); err != nil {
+			add("postmaster: %q: %v (an account here)", c.Postmaster, err)
 		}
 	}
 	switch c.Log.Format {

@@ -85,6 +85,10 @@ type Config struct {
 	// Aliases maps an address to the accounts that receive its mail; the
 	// key "@domain" is that domain's catch-all.
 	Aliases map[string][]string `toml:"-"`
+	// Postmaster is the account that receives mail for postmaster@ each
+	// domain and for <Postmaster> when no alias or account of that name
+	// does. Empty: the first account in address order.
+	Postmaster string `toml:"-"`
 	// PlusSeparator lists the characters that start a subaddress:
 	// with "+", alice+news@ is delivered to alice@. Empty: none.
 	PlusSeparator string `toml:"-"`

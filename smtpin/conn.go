@@ -41,6 +41,14 @@ type conn struct {
 	errors  atomic.Int32
 	unknown atomic.Int32
 
+	// readFailed is set once a read from the peer failed (the peer
+	// closed, reset, or a deadline passed). Nothing more can arrive on the
+	// connection then, so a message still being received is incomplete,
+	// whatever the reader above says: go-smtp copies a BDAT chunk with
+	// io.Copy over an io.LimitReader, which takes an early EOF for the end
+	// of the chunk.
+	readFailed atomic.Bool
+
 	mu             sync.Mutex
 	commands       int             // command lines since the last accepted message
 	waitingCommand bool            // waiting for a command that has not started to arrive
@@ -182,10 +190,12 @@ func (c *conn) Read(p []byte) (int, error) {
 	c.mu.Lock()
 	if c.ended {
 		c.mu.Unlock()
+		c.readFailed.Store(true)
 		return 0, net.ErrClosed
 	}
 	if c.forced {
 		c.mu.Unlock()
+		c.readFailed.Store(true)
 		c.end(errShuttingDown, "shutdown")
 		return 0, net.ErrClosed
 	}
@@ -211,6 +221,9 @@ func (c *conn) Read(p []byte) (int, error) {
 	c.mu.Unlock()
 
 	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.readFailed.Store(true)
+	}
 
 	c.mu.Lock()
 	if n > 0 {

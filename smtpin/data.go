@@ -45,6 +45,10 @@ type result struct {
 func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 	res = &result{spf: authcheck.SPF{Result: authcheck.None}}
 	cfg := &s.g.cfg
+	if _, bdat := r.(*io.PipeReader); bdat {
+		// go-smtp lifts its line limit for BDAT chunks; DATA keeps it.
+		r = &lineLimiter{r: r, max: int(cfg.MaxLineLength.Bytes())}
+	}
 	counted := &countingReader{r: r}
 	defer func() { res.size = counted.n }()
 
@@ -148,6 +152,12 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 	for _, ch := range records {
 		res.dmarc = append(res.dmarc, authcheck.EvaluateDMARC(<-ch, res.spf, res.dkim))
 	}
+	if s.c.readFailed.Load() {
+		// The reader ended because the connection did, not because the
+		// message did (a BDAT chunk cut short): never store a part.
+		res.reply, res.err = errLocal, fmt.Errorf("%w: the connection ended before the message did", errClient)
+		return res
+	}
 	if e, why := s.decide(res, tooManyAuthors); e != nil {
 		res.reply, res.err = e, errors.New(why)
 		return res
@@ -230,6 +240,35 @@ func (s *session) readFailure(err error) (*smtp.SMTPError, error) {
 		return errLocal, fmt.Errorf("%w: transfer aborted: %v", errClient, err)
 	}
 	return errLocal, fmt.Errorf("%w: read message: %v", errClient, err)
+}
+
+// lineLimiter fails with smtp.ErrTooLongLine once a line, with its line
+// ending, is longer than max bytes: the limit DATA has in go-smtp, for BDAT.
+type lineLimiter struct {
+	r   io.Reader
+	max int
+	cur int // bytes of the current line so far
+}
+
+func (l *lineLimiter) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	b := p[:n]
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			l.cur += len(b)
+			break
+		}
+		if l.cur+i+1 > l.max {
+			return 0, smtp.ErrTooLongLine
+		}
+		l.cur = 0
+		b = b[i+1:]
+	}
+	if l.cur > l.max {
+		return 0, smtp.ErrTooLongLine
+	}
+	return n, err
 }
 
 // countingReader counts the bytes read through it.

@@ -16,9 +16,16 @@ import (
 // refusal. It is built from the config and never changed; Reload builds a
 // new one.
 type router struct {
-	domains map[string]string   // normalized (A-label) domain -> the configured spelling
-	aliases map[string][]string // address or "@domain" -> target accounts
-	plus    string              // subaddress separators
+	domains    map[string]string   // normalized (A-label) domain -> the configured spelling
+	aliases    map[string][]string // address or "@domain" -> target accounts
+	plus       string              // subaddress separators
+	postmaster string              // the account for postmaster mail; "": the first account
+}
+
+// accountBook is what routing asks the spool; *spool.Store has it.
+type accountBook interface {
+	HasAccount(addr string) (bool, error)
+	Accounts() ([]spool.AccountInfo, error)
 }
 
 func newRouter(cfg Config) (*router, error) {
@@ -47,7 +54,47 @@ func newRouter(cfg Config) (*router, error) {
 			r.aliases[key] = append(r.aliases[key], a)
 		}
 	}
+	if cfg.Postmaster != "" {
+		a, ok := r.localKey(cfg.Postmaster)
+		if !ok || strings.HasPrefix(a, "@") {
+			errs = append(errs, fmt.Errorf("smtp: postmaster %q is not an address in one of the domains", cfg.Postmaster))
+		}
+		r.postmaster = a
+	}
 	return r, errors.Join(errs...)
+}
+
+// postmasterAccount returns the account that receives postmaster mail:
+// the configured one, or else the first account in address order.
+func postmasterAccount(configured string, book accountBook) (string, error) {
+	if configured != "" {
+		ok, err := book.HasAccount(configured)
+		if err != nil {
+			return "", fmt.Errorf("look up postmaster %s: %w", configured, err)
+		}
+		if !ok {
+			return "", fmt.Errorf("postmaster %s is not an account: add it (postie user add) or set postmaster to an account", configured)
+		}
+		return configured, nil
+	}
+	accts, err := book.Accounts()
+	if err != nil {
+		return "", fmt.Errorf("list accounts for postmaster: %w", err)
+	}
+	if len(accts) == 0 {
+		return "", errors.New("no account yet to receive postmaster mail")
+	}
+	return accts[0].Address, nil
+}
+
+// postmasterRoute is where postmaster mail goes when no alias or account
+// of that name exists.
+func (r *router) postmasterRoute(book accountBook) (route, *smtp.SMTPError, error) {
+	a, err := postmasterAccount(r.postmaster, book)
+	if err != nil {
+		return route{}, errLocal, err
+	}
+	return route{accounts: []string{a}, via: "postmaster"}, nil, nil
 }
 
 // localKey normalizes an address or "@domain" in one of our domains to the
@@ -79,7 +126,12 @@ type route struct {
 // resolve judges a recipient as go-smtp hands it over: the path without
 // source route and with a quoted local part unquoted (go-smtp parse.go),
 // so it is split at the last "@" here. utf8 says whether MAIL FROM had
-// SMTPUTF8. hasAccount asks the spool.
+// SMTPUTF8. book asks the spool.
+//
+// postmaster@ each of our domains, and "Postmaster" without a domain
+// (which go-smtp passes on as it is), are always accepted (RFC 5321
+// §4.5.1): to an alias or account of that name if there is one, else to
+// the postmaster account.
 //
 // The refusals: anything not for one of our domains, and local parts with
 // the routing characters of the percent hack and bang paths, are relay
@@ -87,7 +139,10 @@ type route struct {
 // 553; an address of ours that reaches no account is an unknown user
 // (550 5.1.1). A config problem (an alias whose targets do not exist)
 // gives a temporary error, since the owner can mend it.
-func (r *router) resolve(rcpt string, utf8Allowed bool, hasAccount func(string) (bool, error)) (route, *smtp.SMTPError, error) {
+func (r *router) resolve(rcpt string, utf8Allowed bool, book accountBook) (route, *smtp.SMTPError, error) {
+	if strings.EqualFold(rcpt, "postmaster") {
+		return r.postmasterRoute(book)
+	}
 	local, domain, rerr := splitRecipient(rcpt, utf8Allowed)
 	if rerr != nil {
 		return route{}, rerr, nil
@@ -105,7 +160,7 @@ func (r *router) resolve(rcpt string, utf8Allowed bool, hasAccount func(string) 
 		if targets, ok := r.aliases[addr]; ok {
 			rt := route{via: addr}
 			for _, t := range targets {
-				ok, err := hasAccount(t)
+				ok, err := book.HasAccount(t)
 				if err != nil {
 					return route{}, false, err
 				}
@@ -120,17 +175,20 @@ func (r *router) resolve(rcpt string, utf8Allowed bool, hasAccount func(string) 
 		if strings.HasPrefix(addr, "@") {
 			return route{}, false, nil
 		}
-		ok, err := hasAccount(addr)
+		ok, err := book.HasAccount(addr)
 		if err != nil || !ok {
 			return route{}, false, err
 		}
 		return route{accounts: []string{addr}}, true, nil
 	}
 	candidates := []string{local + "@" + d}
-	if i := strings.IndexAny(local, r.plus); r.plus != "" && i > 0 {
-		candidates = append(candidates, local[:i]+"@"+d)
+	postmaster := local == "postmaster"
+	if !postmaster {
+		if i := strings.IndexAny(local, r.plus); r.plus != "" && i > 0 {
+			candidates = append(candidates, local[:i]+"@"+d)
+		}
+		candidates = append(candidates, "@"+d)
 	}
-	candidates = append(candidates, "@"+d)
 	for _, c := range candidates {
 		rt, ok, err := try(c)
 		if err != nil {
@@ -143,6 +201,9 @@ func (r *router) resolve(rcpt string, utf8Allowed bool, hasAccount func(string) 
 			return rt, errLocal, fmt.Errorf("alias %s: none of its target accounts exists: %s", c, strings.Join(rt.missing, ", "))
 		}
 		return rt, nil, nil
+	}
+	if postmaster {
+		return r.postmasterRoute(book)
 	}
 	return route{}, errUnknownUser, nil
 }

@@ -4,9 +4,24 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/postie/postie/spool"
 )
 
-func testRouter(t *testing.T) (*router, func(string) (bool, error)) {
+// accountList is an accountBook over a list of addresses.
+type accountList []string
+
+func (l accountList) HasAccount(a string) (bool, error) { return slices.Contains(l, a), nil }
+func (l accountList) Accounts() ([]spool.AccountInfo, error) {
+	sorted := slices.Sorted(slices.Values(l))
+	out := make([]spool.AccountInfo, len(sorted))
+	for i, a := range sorted {
+		out[i].Address = a
+	}
+	return out, nil
+}
+
+func testRouter(t *testing.T) (*router, accountBook) {
 	t.Helper()
 	cfg := testConfig()
 	cfg.Domains = append(cfg.Domains, "bücher.example")
@@ -17,8 +32,7 @@ func testRouter(t *testing.T) (*router, func(string) (bool, error)) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	accounts := []string{alice, bob, "carol@bücher.example"}
-	return r, func(a string) (bool, error) { return slices.Contains(accounts, a), nil }
+	return r, accountList{bob, alice, "carol@bücher.example"}
 }
 
 func TestResolve(t *testing.T) {
@@ -61,6 +75,14 @@ func TestResolve(t *testing.T) {
 		{rcpt: "alice@", reply: &errBadRecipient.Message},
 		{rcpt: "alice", reply: &errBadRecipient.Message},
 		{rcpt: "bad\xffutf8@example.test", utf8: true, reply: &errBadRecipient.Message},
+		// RFC 5321 §4.5.1: postmaster is always accepted. An alias wins;
+		// else the first account (no postmaster key in this config).
+		{rcpt: "postmaster@example.test", want: []string{alice}},
+		{rcpt: "PostMaster@Example.Test", want: []string{alice}},
+		{rcpt: "postmaster@other.test", want: []string{alice}},
+		{rcpt: "postmaster@xn--bcher-kva.example", want: []string{alice}},
+		{rcpt: "Postmaster", want: []string{alice}},
+		{rcpt: "postmaster+x@xn--bcher-kva.example", reply: &errUnknownUser.Message},
 	} {
 		rt, refusal, _ := r.resolve(tc.rcpt, tc.utf8, has)
 		switch {
@@ -73,6 +95,45 @@ func TestResolve(t *testing.T) {
 		case !slices.Equal(rt.accounts, tc.want):
 			t.Errorf("resolve(%q) = %v, want %v", tc.rcpt, rt.accounts, tc.want)
 		}
+	}
+}
+
+// TestPostmasterAccount: the postmaster key names the account; without it,
+// the first account in address order; with no account, a temporary error.
+func TestPostmasterAccount(t *testing.T) {
+	cfg := testConfig()
+	delete(cfg.Aliases, "postmaster@example.test")
+	cfg.Postmaster = "Bob@Example.Test"
+	r, err := newRouter(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rcpt := range []string{"postmaster@example.test", "postmaster@other.test", "POSTMASTER"} {
+		if rt, refusal, err := r.resolve(rcpt, false, accountList{alice, bob}); refusal != nil || !slices.Equal(rt.accounts, []string{bob}) {
+			t.Errorf("resolve(%q) = %v, %v, %v; want bob", rcpt, rt.accounts, refusal, err)
+		}
+	}
+	// An account named postmaster@ wins over the key.
+	if rt, _, _ := r.resolve("postmaster@example.test", false, accountList{alice, bob, "postmaster@example.test"}); !slices.Equal(rt.accounts, []string{"postmaster@example.test"}) {
+		t.Errorf("an account postmaster@ got %v", rt.accounts)
+	}
+	// The key names an account that does not exist: 451, never 550.
+	if _, refusal, err := r.resolve("postmaster@example.test", false, accountList{alice}); refusal != errLocal || err == nil {
+		t.Errorf("postmaster without its account: %v %v, want errLocal", refusal, err)
+	}
+	cfg.Postmaster = ""
+	if r, err = newRouter(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if rt, _, _ := r.resolve("postmaster@example.test", false, accountList{"zed@example.test", bob}); !slices.Equal(rt.accounts, []string{bob}) {
+		t.Errorf("default postmaster = %v, want the first account in address order (bob)", rt.accounts)
+	}
+	if _, refusal, _ := r.resolve("postmaster@example.test", false, accountList{}); refusal != errLocal {
+		t.Errorf("no account at all: %v, want errLocal", refusal)
+	}
+	cfg.Postmaster = "x@foreign.example"
+	if _, err := newRouter(cfg); err == nil {
+		t.Error("newRouter took a postmaster outside the domains")
 	}
 }
 
@@ -116,13 +177,13 @@ func FuzzResolve(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	has := func(a string) (bool, error) { return a == alice || a == bob, nil }
+	has := accountList{alice, bob}
 	f.Fuzz(func(t *testing.T, rcpt string, utf8 bool) {
 		rt, refusal, err := r.resolve(rcpt, utf8, has)
 		if refusal == nil && (err != nil || len(rt.accounts) == 0) {
 			t.Fatalf("resolve(%q) accepted with no accounts (%v)", rcpt, err)
 		}
-		if refusal == nil {
+		if refusal == nil && !strings.EqualFold(rcpt, "postmaster") {
 			at := strings.LastIndexByte(rcpt, '@')
 			if strings.ContainsAny(rcpt[:at], "@%!") {
 				t.Fatalf("resolve(%q) accepted a routing local part", rcpt)

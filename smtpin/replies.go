@@ -13,7 +13,25 @@ import (
 // (RFC 2034, RFC 3463 for the meanings), and the text never carries an
 // internal cause: that goes to the log.
 func reply(code int, class, subject, detail int, text string) *smtp.SMTPError {
-	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{class, subject, detail}, Message: text}
+	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{class, subject, detail}, Message: asciiText(text)}
+}
+
+// asciiText makes a reply text printable US-ASCII, as RFC 5321 §2.4 and
+// §4.2 want it: a byte outside it (from a domain name taken from a
+// message, say) becomes "?".
+func asciiText(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if b[j] < 0x20 || b[j] > 0x7e {
+					b[j] = '?'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
 }
 
 // The replies this server gives, named by what they mean. The comment is
@@ -32,6 +50,11 @@ var (
 	// 5.5.1 invalid command: RCPT or DATA without a transaction (go-smtp
 	// lets them through after a refused MAIL).
 	errNoTransaction = reply(503, 5, 5, 1, "Bad sequence of commands: send MAIL FROM first")
+	// 5.5.1 invalid command: MAIL inside an open transaction.
+	errNestedMail = reply(503, 5, 5, 1, "Bad sequence of commands: a transaction is already open (send RSET first)")
+	// 5.5.1: DATA when no recipient of this transaction was accepted
+	// (RFC 5321 §3.3 allows 503 or 554 "no valid recipients").
+	errNoRecipients = reply(554, 5, 5, 1, "No valid recipients")
 	// 5.5.2 syntax error.
 	errBadHelo = reply(501, 5, 5, 2, "Invalid HELO/EHLO argument")
 	// 5.3.4 message too big for system.
@@ -64,7 +87,14 @@ var errTooManyAuthors = reply(550, 5, 7, 1, "Message refused: too many author do
 // lineTooLong ends a session whose message has a line over the limit.
 func lineTooLong(limit int) *smtp.SMTPError {
 	// 5.6.0 other or undefined media error: the content is unacceptable.
-	return reply(554, 5, 6, 0, fmt.Sprintf("Message has a line longer than %d bytes (RFC 5322 §2.1.1 allows 998)", limit))
+	return reply(554, 5, 6, 0, fmt.Sprintf("Message has a line longer than %d bytes (RFC 5322 section 2.1.1 allows 998)", limit))
+}
+
+// stored is the reply to a message that is durably stored: the sender's
+// MTA logs it, so it names the id the owner finds in Postie's log.
+func stored(id spool.MessageID) *smtp.SMTPError {
+	// 2.0.0 other or undefined status: success.
+	return reply(250, 2, 0, 0, "Message stored as "+id.String())
 }
 
 // storageReply maps a spool error to the reply the sender gets. Nothing was
@@ -85,7 +115,7 @@ func storageReply(err error) *smtp.SMTPError {
 // <hostname> <text>" as RFC 5321 §3.8 has it.
 func closing(hostname string, e *smtp.SMTPError) string {
 	c := e.EnhancedCode
-	return fmt.Sprintf("%d %d.%d.%d %s %s, closing connection\r\n", e.Code, c[0], c[1], c[2], hostname, e.Message)
+	return asciiText(fmt.Sprintf("%d %d.%d.%d %s %s, closing connection", e.Code, c[0], c[1], c[2], hostname, e.Message)) + "\r\n"
 }
 
 // The replies that end a session because a limit was reached.

@@ -491,3 +491,34 @@ func (l libraryLog) print(msg string) {
 
 // A Resolver is what authcheck needs.
 var _ authcheck.Resolver = Resolver(nil)
+
+// Postmaster returns the account that postmaster mail goes to when no alias
+// or account of that name exists in a domain: Config.Postmaster, or else
+// the first account in address order. Main logs it at start.
+func (s *Server) Postmaster() (string, error) {
+	return postmasterAccount(s.current().router.postmaster, s.store)
+}
+
+// DescribePostmaster says, for the owner, where postmaster mail goes under
+// cfg, domain by domain ("postie check" prints it).
+func DescribePostmaster(cfg Config) []string {
+	var out []string
+	for _, d := range cfg.Domains {
+		addr := "postmaster@" + d
+		var alias []string
+		for from, targets := range cfg.Aliases {
+			if strings.EqualFold(from, addr) {
+				alias = targets
+			}
+		}
+		switch {
+		case len(alias) > 0:
+			out = append(out, fmt.Sprintf("%s -> %s (the alias)", addr, strings.Join(alias, ", ")))
+		case cfg.Postmaster != "":
+			out = append(out, fmt.Sprintf("%s -> %s (the postmaster key), unless an account %s exists", addr, cfg.Postmaster, addr))
+		default:
+			out = append(out, fmt.Sprintf("%s -> the first account in address order (set postmaster to choose), unless an account %s exists", addr, addr))
+		}
+	}
+	return out
+}

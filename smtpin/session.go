@@ -70,9 +70,19 @@ type transaction struct {
 	cancel context.CancelFunc
 }
 
-// Mail starts a transaction (RFC 5321 §4.1.1.2).
+// Mail starts a transaction (RFC 5321 §4.1.1.2). A MAIL inside an open
+// transaction is out of sequence (§4.1.4: MAIL starts a transaction only
+// after RSET, EHLO or the end of the last one): it gets 503 and leaves the
+// open transaction as it was, as Postfix, Exim and Sendmail answer. go-smtp
+// keeps its recipients across a second MAIL, so starting a new transaction
+// here would make its recipients and ours disagree.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
-	s.Reset()
+	s.mu.Lock()
+	open := s.tx != nil
+	s.mu.Unlock()
+	if open {
+		return refuse(s.c, errNestedMail)
+	}
 	helo := s.sc.Hostname()
 	if !checkHelo(helo) {
 		return refuse(s.c, errBadHelo)
@@ -101,7 +111,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if t == nil {
 		return refuse(s.c, errNoTransaction)
 	}
-	rt, refusal, err := s.g.router.resolve(to, t.utf8, s.s.store.HasAccount)
+	rt, refusal, err := s.g.router.resolve(to, t.utf8, s.s.store)
 	if err != nil {
 		s.c.log.Error("recipient lookup failed", "rcpt", to, "err", err)
 	}
@@ -184,6 +194,11 @@ func (s *session) Data(r io.Reader) error {
 	if t == nil {
 		return refuse(s.c, errNoTransaction)
 	}
+	if len(t.accounts) == 0 {
+		// go-smtp answers DATA itself when it has no recipient; this is
+		// the case where it holds recipients this transaction does not.
+		return refuse(s.c, errNoRecipients)
+	}
 	// go-smtp's read deadline covers only the DATA or BDAT line; the
 	// message gets the data-rate deadlines of conn.
 	if _, bdat := r.(*io.PipeReader); bdat {
@@ -197,7 +212,10 @@ func (s *session) Data(r io.Reader) error {
 	if res.reply != nil {
 		return res.reply
 	}
-	return nil
+	// go-smtp sends the code and text of an *smtp.SMTPError that Data
+	// returns, 250 included; its own text for nil says "queued", and
+	// nothing here is queued: the message is already stored.
+	return stored(res.id)
 }
 
 // Reset ends the transaction (RSET, a new MAIL or EHLO, the end of the

@@ -127,7 +127,7 @@ func TestSwaks(t *testing.T) {
 	if err != nil {
 		t.Fatalf("swaks: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "<~  250 2.0.0 OK: queued") {
+	if !strings.Contains(string(out), "<~  250 2.0.0 Message stored as ") {
 		t.Errorf("swaks transcript has no 250 over TLS:\n%s", out)
 	}
 	msgs := e.messages(alice)

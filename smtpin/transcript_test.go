@@ -22,7 +22,7 @@ import (
 //
 //	C: EHLO client.example      send a line (CRLF added)
 //	C! "DATA\r\n.\n"            send raw bytes (a Go string literal)
-//	S: 250 2.0.0 OK: queued     expect this exact line
+//	S: 250 2.0.0 Continue       expect this exact line
 //	S~ 250                      expect a line starting with this
 //	S* 250                      expect a multi-line reply whose last line starts so
 //	-- starttls                 do the client side of a TLS handshake
