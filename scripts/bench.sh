@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # bench.sh [TARGET...] — measure Postie with the team's shared harness
-# (../shared/bench), side by side with Postfix + Dovecot by default:
+# (../shared/bench), by default side by side with Postfix + Dovecot and with
+# the go-smtp ceiling, in one run (targets postfix-dovecot gosmtp-ceiling
+# project, repetitions interleaved):
 #
-#   sudo scripts/bench.sh                      # postfix-dovecot and postie, all cells
+#   sudo scripts/bench.sh                      # postfix-dovecot, gosmtp-ceiling, postie; all cells
 #   sudo MATRIX="smtp-1KiB-c32 pop3-1MiB-c1" REPS=5 scripts/bench.sh
+#   sudo scripts/bench.sh postfix-dovecot project   # explicit targets: only these
+#
+# gosmtp-ceiling is go-smtp (the version the harness's ceiling/go.mod names)
+# with a backend that reads each message and discards it: no checks, no
+# storage, no fsync, no POP3, so run.sh runs only the SMTP cells against it.
+# Postie's SMTP figures are read as a share of the ceiling measured in the
+# same run (same machine, same moment, same load generator), never against
+# a ceiling from another run. The same comparison in-process, without the
+# harness, is BenchmarkCeiling beside BenchmarkDelivery in smtpin. If
+# ceiling/go.mod and our go.mod name different go-smtp versions, the share
+# mixes two libraries; the script says so before it starts.
 #
 # It builds postie, writes a config for loopback ports 30125 (SMTP),
 # 30210 (POP3 with STLS) and 30295 (POP3S) with a self-signed certificate
@@ -58,5 +71,14 @@ export PROJECT_START_CMD="exec $state/postie serve -config $state/postie.toml"
 export PROJECT_ADDUSER_CMD="echo {pass} | $state/postie user add {addr} -config $state/postie.toml"
 export PROJECT_DESC="postie $(cd "$here" && git describe --always --dirty 2>/dev/null)"
 cd "$bench"
-if [ $# -eq 0 ]; then set -- postfix-dovecot project; fi
+if [ $# -eq 0 ]; then set -- postfix-dovecot gosmtp-ceiling project; fi
+case " $* " in
+*" gosmtp-ceiling "*)
+	ours=$(awk '$1 == "github.com/emersion/go-smtp" {print $2}' "$here/go.mod")
+	theirs=$(awk '$1 == "github.com/emersion/go-smtp" || ($1 == "require" && $2 == "github.com/emersion/go-smtp") {print $NF}' "$bench/ceiling/go.mod")
+	if [ "$ours" != "$theirs" ]; then
+		echo "bench.sh: warning: postie uses go-smtp ${ours:-?} but the ceiling is built with ${theirs:-?} ($bench/ceiling/go.mod): the share compares two versions" >&2
+	fi
+	;;
+esac
 exec ./run.sh "$@"
