@@ -16,25 +16,27 @@ import (
 )
 
 // conn wraps every accepted connection before go-smtp sees it, and keeps
-// the limits go-smtp leaves to its users (RELIABILITY.md §2.3): the time of
-// the whole session, a minimum data rate during DATA, the number of
-// commands, and a clean "421 ... closing connection" when one of them is
-// reached. After STARTTLS go-smtp's *tls.Conn sits on top of it, so it
-// still sees every read, write and deadline, encrypted.
+// the limits go-smtp leaves to its users (its Server has no session time,
+// data rate or command count): the time of the whole session, a minimum
+// data rate during DATA, the number of commands, and a clean "421 ...
+// closing connection" when one of them is reached. After STARTTLS
+// go-smtp's *tls.Conn sits on top of it, so it still sees every read,
+// write and deadline, encrypted.
 //
-// Two facts about go-smtp (v0.25) it relies on, both covered by tests:
-// go-smtp sets a read deadline once before reading each command line (its
-// readLine, with ReadTimeout set), which is how commands are counted and
-// the session deadline applied; and its reply to an accepted STARTTLS is
-// "220 2.0.0 Ready to start TLS".
+// The session time is a timer that ends the connection. STARTTLS is seen
+// as RFC 3207 has it: a 220 reply after the greeting. One fact about
+// go-smtp remains, listed with its test in docs/go-smtp.md: it sets a read
+// deadline before reading each command line (its readLine, with
+// ReadTimeout set), which is how commands are counted and how a session
+// waiting for a command is told apart from one inside a message.
 type conn struct {
 	net.Conn // the accepted connection; closing it releases its connlimit slot
 
-	log        *slog.Logger
-	gen        *generation // the configuration the connection was accepted under
-	sessionEnd time.Time
-	onClose    func(*conn)
-	closeOnce  sync.Once
+	log          *slog.Logger
+	gen          *generation // the configuration the connection was accepted under
+	sessionTimer *time.Timer // ends the session after SessionTimeout
+	onClose      func(*conn)
+	closeOnce    sync.Once
 
 	// Counters of the session's refusals, touched by the session (and by
 	// a BDAT transfer's goroutine).
@@ -58,6 +60,7 @@ type conn struct {
 	dataEnd        time.Time       // DataTimeout after DATA began
 	readCause      *smtp.SMTPError // the reply if the current read deadline passes
 	top            net.Conn        // where replies go: c, the *tls.Conn after STARTTLS, nil when not known
+	greeted        bool            // the 220 greeting was written
 	tlsPending     bool            // STARTTLS was accepted: every later write is a TLS record
 	draining       bool            // the server is shutting down: end at the next command
 	forced         bool            // the server's shutdown grace is over: end now
@@ -79,19 +82,16 @@ const outMax = 4 << 10
 
 func newConn(raw net.Conn, g *generation, log *slog.Logger, onClose func(*conn)) *conn {
 	c := &conn{
-		Conn:       raw,
-		log:        log,
-		gen:        g,
-		sessionEnd: time.Now().Add(g.cfg.SessionTimeout.D()),
-		onClose:    onClose,
-		readCause:  endIdle,
+		Conn:      raw,
+		log:       log,
+		gen:       g,
+		onClose:   onClose,
+		readCause: endIdle,
 	}
 	c.top = c
+	c.sessionTimer = time.AfterFunc(g.cfg.SessionTimeout.D(), func() { c.end(endSession, endSession.Message) })
 	return c
 }
-
-// starttlsReady is how go-smtp accepts STARTTLS (conn.go handleStartTLS).
-var starttlsReady = []byte("220 2.0.0 Ready to start TLS")
 
 // connOf finds the conn under a go-smtp connection, also after STARTTLS.
 func connOf(sc *smtp.Conn) *conn {
@@ -140,9 +140,6 @@ func (c *conn) SetReadDeadline(t time.Time) error {
 		return net.ErrClosed
 	}
 	c.readCause = endIdle
-	if t.IsZero() || t.After(c.sessionEnd) {
-		t, c.readCause = c.sessionEnd, endSession
-	}
 	c.waitingCommand = true
 	err := c.Conn.SetReadDeadline(t)
 	c.mu.Unlock()
@@ -208,14 +205,11 @@ func (c *conn) Read(p []byte) (int, error) {
 	var start time.Time
 	if data {
 		start = time.Now()
-		dl, cause := start.Add(c.dataBudget), endDataSlow
+		dl := start.Add(c.dataBudget)
 		if c.dataEnd.Before(dl) {
 			dl = c.dataEnd
 		}
-		if c.sessionEnd.Before(dl) {
-			dl, cause = c.sessionEnd, endSession
-		}
-		c.readCause = cause
+		c.readCause = endDataSlow
 		c.Conn.SetReadDeadline(dl)
 	}
 	c.mu.Unlock()
@@ -262,8 +256,13 @@ func (c *conn) Write(p []byte) (int, error) {
 		c.end(nil, "TLS handshake failed")
 		return 0, net.ErrClosed
 	}
-	if !c.tlsPending && bytes.HasPrefix(p, starttlsReady) {
-		c.tlsPending, c.top = true, nil
+	if !c.tlsPending && bytes.HasPrefix(p, []byte("220")) {
+		// 220 is the greeting, and after it only the reply that accepts
+		// STARTTLS (RFC 3207 §4): from then on the peer expects TLS.
+		if c.greeted {
+			c.tlsPending, c.top = true, nil
+		}
+		c.greeted = true
 	}
 	c.mu.Unlock()
 	c.wmu.Lock()
@@ -302,6 +301,7 @@ func (c *conn) Close() error {
 	c.mu.Lock()
 	c.ended = true
 	c.mu.Unlock()
+	c.sessionTimer.Stop()
 	err := c.Conn.Close()
 	c.closeOnce.Do(func() { c.onClose(c) })
 	return err

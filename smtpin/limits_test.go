@@ -210,6 +210,50 @@ func TestSessionTimeout(t *testing.T) {
 	}
 }
 
+// TestSessionTimeoutInsideTLSData: the session time is a timer of its
+// own, so it also ends a session that is inside a message over TLS and
+// sending at a good rate (no read deadline of go-smtp's is involved); the
+// 421 goes through TLS and the message is not stored.
+func TestSessionTimeoutInsideTLSData(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *Config) {
+		c.SessionTimeout = units.DurationOf(time.Second)
+		c.ReadTimeout = units.DurationOf(time.Second)
+	}))
+	c := e.dial()
+	c.hello()
+	c.starttls(e.ca.ClientConfig(testHost))
+	c.expect("250 ", "MAIL FROM:<a@sender.example>")
+	c.expect("250 ", "RCPT TO:<alice@example.test>")
+	c.expect("354 ", "DATA")
+	c.raw("From: a@sender.example\r\n\r\n")
+	ended := make(chan string, 1)
+	go func() {
+		c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		l, _ := c.r.ReadString('\n')
+		ended <- l
+	}()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var got string
+loop:
+	for {
+		select {
+		case got = <-ended:
+			break loop
+		case <-tick.C:
+			c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			io.WriteString(c.conn, strings.Repeat("x", 70)+"\r\n")
+		}
+	}
+	if got != "421 4.4.2 mx.example.test Session time limit reached, closing connection\r\n" {
+		t.Fatalf("got %q, want the session limit's 421 through TLS", got)
+	}
+	e.logs.waitFor(t, "session ended by the server", "reason=Session time limit reached")
+	if msgs := e.messages(alice); len(msgs) != 0 {
+		t.Errorf("%d messages stored", len(msgs))
+	}
+}
+
 // TestTricklingData: go-smtp's read deadline covers only the DATA line; a
 // message that arrives slower than min_data_rate is cut off with 421, its
 // rest is not read as commands, and nothing is stored.

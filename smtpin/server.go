@@ -185,9 +185,10 @@ func (s *Server) newGeneration(cfg Config) (*generation, error) {
 	return g, nil
 }
 
-// newSMTPServer sets every limit of go-smtp, whose defaults are off
-// (RELIABILITY.md §2.3). ReadTimeout must not be 0: conn counts commands
-// by the deadline go-smtp sets before each one.
+// newSMTPServer sets every limit of go-smtp, whose defaults are off (no
+// size, line or recipient limit, no timeouts). ReadTimeout must not be 0:
+// conn counts commands by the deadline go-smtp sets before each one
+// (docs/go-smtp.md).
 func (s *Server) newSMTPServer(cfg Config, be smtp.Backend, tc *tls.Config) *smtp.Server {
 	srv := smtp.NewServer(be)
 	srv.Domain = cfg.Hostname
@@ -469,7 +470,7 @@ func remoteIP(c net.Conn) string {
 
 // libraryLog passes go-smtp's error log to slog. go-smtp recovers from a
 // panic in a session and logs it with the stack: one in this module's
-// code is logged at Error. go-smtp v0.25.1 has a race of its own, a BDAT
+// code is logged at Error. go-smtp (v0.25.1 to v0.26.0) has a race of its own, a BDAT
 // transfer whose goroutine starts after the connection closed calls Data
 // on a nil session (conn.go, handleBdat), which is harmless and logged at
 // Warn. Connections that failed are logged at Debug.
