@@ -74,8 +74,10 @@ cd "$bench"
 if [ $# -eq 0 ]; then set -- postfix-dovecot gosmtp-ceiling project; fi
 case " $* " in
 *" gosmtp-ceiling "*)
-	ours=$(awk '$1 == "github.com/emersion/go-smtp" {print $2}' "$here/go.mod")
-	theirs=$(awk '$1 == "github.com/emersion/go-smtp" || ($1 == "require" && $2 == "github.com/emersion/go-smtp") {print $NF}' "$bench/ceiling/go.mod")
+	# The version a go.mod requires, in a require block or on one line.
+	gosmtp() { awk '$1 == "require" { $1 = ""; $0 = $0 } $1 == "github.com/emersion/go-smtp" && $2 ~ /^v/ { print $2; exit }' "$1"; }
+	ours=$(gosmtp "$here/go.mod")
+	theirs=$(gosmtp "$bench/ceiling/go.mod")
 	if [ "$ours" != "$theirs" ]; then
 		echo "bench.sh: warning: postie uses go-smtp ${ours:-?} but the ceiling is built with ${theirs:-?} ($bench/ceiling/go.mod): the share compares two versions" >&2
 	fi
