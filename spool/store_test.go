@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -478,5 +479,74 @@ func TestCommitFailureSparesSmallWrites(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestNormalisationAcrossWrites checks Write against a byte-at-a-time
+// reference on random text full of CRs and LFs, cut into writes of random
+// sizes: the CRLF fast path and the line-by-line path must agree wherever
+// a write starts or ends.
+func TestNormalisationAcrossWrites(t *testing.T) {
+	reference := func(in []byte) []byte {
+		var out []byte
+		for i := 0; i < len(in); i++ {
+			switch c := in[i]; {
+			case c == '\r' && i+1 < len(in) && in[i+1] == '\n':
+				out = append(out, '\r', '\n')
+				i++
+			case c == '\r' || c == '\n':
+				out = append(out, '\r', '\n')
+			default:
+				out = append(out, c)
+			}
+		}
+		if len(out) > 0 && !bytes.HasSuffix(out, []byte("\r\n")) {
+			out = append(out, '\r', '\n')
+		}
+		return out
+	}
+	s := openTest(t, func(o *Options) { o.ChunkSize = 64; o.FlushBytes = 256 })
+	mustAddAccount(t, s, "alice@example.com")
+	rng := mrand.New(mrand.NewPCG(1, 2))
+	alphabet := []byte("ab\r\n")
+	for round := range 200 {
+		in := make([]byte, rng.IntN(600))
+		for i := range in {
+			in[i] = alphabet[rng.IntN(len(alphabet))]
+			if round%2 == 0 && rng.IntN(4) != 0 {
+				in[i] = 'x' // mostly text, so whole writes are CRLF
+			}
+		}
+		if round%3 == 0 {
+			// Well-formed CRLF text, the fast path's case.
+			in = bytes.ReplaceAll(bytes.ReplaceAll(in, []byte("\r"), []byte("y")), []byte("\n"), []byte("\r\n"))
+		}
+		d := s.Begin(context.Background(), Envelope{})
+		for p := in; len(p) > 0; {
+			n := min(len(p), 1+rng.IntN(40))
+			if _, err := d.Write(p[:n]); err != nil {
+				t.Fatal(err)
+			}
+			p = p[n:]
+		}
+		id, err := d.Commit(nil, []string{"alice@example.com"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := openDrop(t, s, "alice@example.com")
+		last := len(m.Messages()) - 1
+		if m.Messages()[last].ID() != id {
+			t.Fatalf("round %d: last message is %v, want %v", round, m.Messages()[last].ID(), id)
+		}
+		got, want := readAll(t, m, last), reference(in)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("round %d: %q stored as %q, want %q", round, in, got, want)
+		}
+		if m.Messages()[last].Size != int64(len(want)) {
+			t.Fatalf("round %d: size %d, want %d", round, m.Messages()[last].Size, len(want))
+		}
+		if err := m.Commit(context.Background(), []int{last}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
