@@ -4,17 +4,15 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/postie/postie/internal/connlimit"
 	"github.com/postie/postie/internal/metrics"
+	"github.com/postie/postie/internal/netserve"
 	"github.com/postie/postie/internal/penalty"
 	"github.com/postie/postie/spool"
 )
@@ -47,20 +45,14 @@ type Server struct {
 	tls      *tls.Config // deps.TLS with the POP3 ALPN; nil without TLS
 	notReady *tls.Config // fails every handshake: no certificate yet
 	penalty  *penalty.Table
-	conns    *connlimit.Limiter // one total across every listener
+	// base accepts, limits and tracks connections (one total across
+	// every listener) and runs Shutdown. Its Context ends when Shutdown
+	// gives up on sessions in flight.
+	base *netserve.Server
+	ctx  context.Context
 
 	settings atomic.Pointer[settings]
-
-	// ctx ends when Shutdown gives up on sessions in flight.
-	ctx    context.Context
-	cancel context.CancelFunc
-
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	sessions  map[*session]struct{}
-	closing   bool
-	wg        sync.WaitGroup // one per session
-	nextID    atomic.Uint64
+	nextID   atomic.Uint64
 
 	loginsMu   sync.Mutex
 	lastLogins map[spool.Login]time.Time // for LOGIN-DELAY
@@ -121,10 +113,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s := &Server{
 		deps:       deps,
 		log:        deps.Logger,
-		listeners:  map[net.Listener]struct{}{},
-		sessions:   map[*session]struct{}{},
 		lastLogins: map[spool.Login]time.Time{},
-		conns:      connlimit.NewLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
+		base:       netserve.New(netserve.Config{Name: "pop3", MaxConnections: cfg.MaxConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP, Logger: deps.Logger}),
 		penalty: penalty.New(penalty.Config{
 			Base:   cfg.FailedLoginDelay.D(),
 			Max:    cfg.FailedLoginDelayMax.D(),
@@ -146,7 +136,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			},
 		}
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.ctx = s.base.Context()
 	return s, nil
 }
 
@@ -161,7 +151,7 @@ func (s *Server) tlsReady() bool {
 }
 
 // Serve accepts plaintext connections on l, which offer STLS, until l is
-// closed or Shutdown is called. It returns net.ErrClosed after Shutdown.
+// closed or Shutdown is called (then it returns nil).
 func (s *Server) Serve(l net.Listener) error { return s.serve(l, false) }
 
 // ServeTLS accepts connections on l that speak TLS from the first byte
@@ -174,99 +164,32 @@ func (s *Server) ServeTLS(l net.Listener) error {
 }
 
 func (s *Server) serve(l net.Listener, implicitTLS bool) error {
-	var reject connlimit.Rejecter
-	if !implicitTLS {
-		reject = func(c net.Conn, perClient bool) {
+	reject := func(c net.Conn, perClient bool) {
+		if !implicitTLS {
 			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			c.Write([]byte("-ERR [SYS/TEMP] too many connections, try again later\r\n"))
-			s.log.Warn("pop3 connection refused: too many connections", "ip", remoteIP(c.RemoteAddr()).String(), "per_client", perClient)
 		}
-	} else {
-		reject = func(c net.Conn, perClient bool) {
-			s.log.Warn("pop3 connection refused: too many connections", "ip", remoteIP(c.RemoteAddr()).String(), "per_client", perClient, "tls", true)
-		}
+		s.log.Warn("pop3 connection refused: too many connections", "ip", netserve.RemoteIP(c).String(), "per_client", perClient, "tls", implicitTLS)
 	}
-	ll := s.conns.Listen(l, reject)
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		l.Close()
-		return net.ErrClosed
-	}
-	s.listeners[ll] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ll)
-		s.mu.Unlock()
-	}()
-
-	var tempDelay time.Duration
-	for {
-		c, err := ll.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closing := s.closing
-			s.mu.Unlock()
-			if closing {
-				return net.ErrClosed
-			}
-			if isTemporaryAccept(err) {
-				// A transient failure (out of file descriptors): back off, as
-				// net/http does, rather than spin or give up.
-				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
-				s.log.Error("pop3 accept failed; retrying", "err", err, "delay", tempDelay)
-				time.Sleep(tempDelay)
-				continue
-			}
-			return fmt.Errorf("pop3: accept: %w", err)
-		}
-		tempDelay = 0
-		if !s.startSession(c, implicitTLS) {
-			c.Close()
-		}
-	}
-}
-
-// isTemporaryAccept reports whether an accept error is worth retrying:
-// out of file descriptors, or a connection aborted before it was accepted.
-func isTemporaryAccept(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout() ||
-		errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS)
+	return s.base.Serve(l, reject, func(c net.Conn) { s.startSession(c, implicitTLS) })
 }
 
 // startSession registers and starts a session unless the server is
 // shutting down.
-func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
+func (s *Server) startSession(c net.Conn, implicitTLS bool) {
 	sess := newSession(s, c, implicitTLS)
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return false
+	if !s.base.Track(sess) {
+		c.Close()
+		return
 	}
-	s.sessions[sess] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
 	go func() {
-		defer s.wg.Done()
-		defer func() {
-			s.mu.Lock()
-			delete(s.sessions, sess)
-			s.mu.Unlock()
-		}()
+		defer s.base.Done(sess)
 		sess.run()
 	}()
-	return true
 }
 
 // shuttingDown reports whether Shutdown has been called.
-func (s *Server) shuttingDown() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
+func (s *Server) shuttingDown() bool { return s.base.Closing() }
 
 // Shutdown stops accepting connections and ends sessions that have not
 // logged in. Sessions in the TRANSACTION state may go on, and QUIT, until
@@ -274,41 +197,16 @@ func (s *Server) shuttingDown() bool {
 // deletions (RFC 1939 §6: no UPDATE without QUIT). Shutdown returns when
 // every session has ended, with ctx's error if it had to cut some short.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing = true
-	var errs []error
-	for l := range s.listeners {
-		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-			errs = append(errs, err)
-		}
+	err := s.base.Shutdown(ctx, abortGrace)
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		s.log.Warn("pop3 shutdown: sessions cut short; their deletions were not applied")
 	}
-	for sess := range s.sessions {
-		sess.interruptIfIdle()
-	}
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.cancel()
-		s.mu.Lock()
-		n := len(s.sessions)
-		for sess := range s.sessions {
-			sess.abort()
-		}
-		s.mu.Unlock()
-		s.log.Warn("pop3 shutdown: closed sessions still in flight; their deletions were not applied", "sessions", n)
-		<-done
-		errs = append(errs, ctx.Err())
-	}
-	s.cancel()
-	return errors.Join(errs...)
+	return err
 }
+
+// abortGrace is how long Shutdown waits, after closing the sessions still
+// running when its context is done, for their goroutines to finish.
+const abortGrace = 5 * time.Second
 
 // Reload applies a new config to sessions that start from now on. The
 // listening addresses, the connection limits and the failed-login penalty
@@ -359,18 +257,4 @@ func (s *Server) recordLogin(l spool.Login, delay time.Duration) {
 	s.loginsMu.Lock()
 	s.lastLogins[l] = s.deps.Now()
 	s.loginsMu.Unlock()
-}
-
-// remoteIP returns the client address of a connection, IPv4-mapped
-// addresses unmapped.
-func remoteIP(a net.Addr) netip.Addr {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ip, _ := netip.AddrFromSlice(ta.IP)
-		return ip.Unmap()
-	}
-	ap, err := netip.ParseAddrPort(a.String())
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap()
 }

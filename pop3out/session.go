@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/postie/postie/internal/connlimit"
+	"github.com/postie/postie/internal/netserve"
 	"github.com/postie/postie/spool"
 )
 
@@ -99,7 +100,7 @@ func newSession(srv *Server, c net.Conn, implicitTLS bool) *session {
 		id:              srv.nextID.Add(1),
 		raw:             c,
 		conn:            c,
-		ip:              remoteIP(c.RemoteAddr()),
+		ip:              netserve.RemoteIP(c),
 		netKey:          "net:" + connlimit.ClientKey(c.RemoteAddr()).String(),
 		implicitTLS:     implicitTLS,
 		start:           now,
@@ -321,9 +322,11 @@ func (s *session) handshake() error {
 	return nil
 }
 
-// interruptIfIdle closes the connection of a session that is waiting for
-// a command before login (for Shutdown).
-func (s *session) interruptIfIdle() {
+// Drain closes the connection of a session that is waiting for a command
+// before login (netserve.Session, for Shutdown); a session holding a
+// maildrop may finish, and one in the middle of a command ends before its
+// next one.
+func (s *session) Drain() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.idle && !s.closed {
@@ -349,9 +352,9 @@ func (s *session) watchRevocation(drop *spool.Maildrop) {
 	}
 }
 
-// abort closes the connection whatever the session is doing (for Shutdown
+// Abort closes the connection whatever the session is doing (for Shutdown
 // when its time is up). The maildrop is released without deletions.
-func (s *session) abort() {
+func (s *session) Abort() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.closed {

@@ -350,9 +350,10 @@ func (c *conn) isEnded() (bool, string) {
 	return c.ended && c.endReason != "", c.endReason
 }
 
-// drain asks the session to end at its next command. A session that is
-// waiting for a command ends now, with its read deadline moved to now.
-func (c *conn) drain() {
+// Drain asks the session to end at its next command (netserve.Session). A
+// session that is waiting for a command ends now, with its read deadline
+// moved to now.
+func (c *conn) Drain() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.draining = true
@@ -361,8 +362,9 @@ func (c *conn) drain() {
 	}
 }
 
-// force ends the session at its next read, whatever it is doing.
-func (c *conn) force() {
+// Abort ends the session at its next read, whatever it is doing
+// (netserve.Session).
+func (c *conn) Abort() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.forced = true

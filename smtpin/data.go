@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postie/postie/internal/netserve"
 	"github.com/postie/postie/smtpin/authcheck"
 	"github.com/postie/postie/spool"
 )
@@ -108,7 +109,7 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 		}
 	}
 
-	d := s.s.store.Begin(s.s.ctx, spool.Envelope{MailFrom: t.from, RcptTo: t.rcpts, Helo: t.helo, RemoteAddr: remoteIP(s.c.Conn)})
+	d := s.s.store.Begin(s.s.ctx, spool.Envelope{MailFrom: t.from, RcptTo: t.rcpts, Helo: t.helo, RemoteAddr: netserve.RemoteIP(s.c.Conn).String()})
 	defer d.Abort() // does nothing after Commit
 	if err := s.writeHeader(d, hdr, fields); err != nil {
 		res.reply, res.err = storageReply(err), err

@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postie/postie/internal/netserve"
 	"github.com/postie/postie/smtpin/authcheck"
 )
 
@@ -102,8 +103,8 @@ func blocked(ip netip.Addr, zone string) *smtp.SMTPError {
 // or refuses it. It runs in its own goroutine, so a slow list never holds
 // up other clients.
 func (s *Server) screen(c net.Conn, zones []string, timeout time.Duration, hostname string) {
-	ip, err := netip.ParseAddr(remoteIP(c))
-	if err != nil {
+	ip := netserve.RemoteIP(c)
+	if !ip.IsValid() {
 		s.handoff(c)
 		return
 	}

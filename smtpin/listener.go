@@ -49,8 +49,8 @@ func (l *chanListener) Close() error {
 // Addr returns the address given at creation.
 func (l *chanListener) Addr() net.Addr { return l.addr }
 
-// fanInAddr names the listener that gathers the connections of every
-// listen address.
+// fanInAddr is the address of the listeners that feed go-smtp the
+// connections of every listen address.
 type fanInAddr struct{}
 
 func (fanInAddr) Network() string { return "tcp" }

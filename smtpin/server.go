@@ -14,13 +14,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/postie/postie/internal/connlimit"
 	"github.com/postie/postie/internal/metrics"
+	"github.com/postie/postie/internal/netserve"
 	"github.com/postie/postie/internal/penalty"
 	"github.com/postie/postie/smtpin/authcheck"
 	"github.com/postie/postie/spool"
@@ -69,30 +68,22 @@ type Server struct {
 	sample   func(int) bool
 	metrics  *metrics.Metrics
 
-	// ctx is the parent of every check and delivery; it is cancelled when
-	// Shutdown's grace is over.
-	ctx    context.Context
-	cancel context.CancelFunc
-
-	// incoming gathers the connections of every listener, so that the
-	// connection limits are for the whole server.
-	incoming *chanListener
-	limited  *connlimit.Listener
+	// base accepts connections on every listener within one set of
+	// connection limits, tracks the sessions and runs Shutdown.
+	base *netserve.Server
+	// ctx is the parent of every check and delivery (base's Context): it
+	// is cancelled when Shutdown gives up on the sessions in flight.
+	ctx context.Context
 
 	nextID  atomic.Uint64
 	copyBuf sync.Pool // *[]byte of copyBufSize
 	readers sync.Pool // *bufio.Reader of copyBufSize
 	headers sync.Pool // *[]byte header buffers
 
-	reloadMu  sync.Mutex // one Reload at a time
-	mu        sync.Mutex
-	gen       *generation // the configuration new connections get
-	penalty   *penalty.Table
-	listeners []net.Listener
-	conns     map[*conn]struct{}
-	closing   bool
-	connWG    sync.WaitGroup
-	dispatch  sync.WaitGroup
+	reloadMu sync.Mutex // one Reload at a time
+	mu       sync.Mutex
+	gen      *generation // the configuration new connections get
+	penalty  *penalty.Table
 }
 
 // copyBufSize is the unit the message body is copied in.
@@ -130,8 +121,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		log:      deps.Logger,
 		sample:   deps.Sample,
 		metrics:  deps.Metrics,
-		conns:    map[*conn]struct{}{},
-		incoming: newChanListener(fanInAddr{}),
+		base:     netserve.New(netserve.Config{Name: "smtp", MaxConnections: cfg.MaxConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP, Logger: deps.Logger}),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -139,7 +129,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if s.sample == nil {
 		s.sample = func(pct int) bool { return rand.IntN(100) < pct }
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.ctx = s.base.Context()
 	s.copyBuf.New = func() any { b := make([]byte, copyBufSize); return &b }
 	s.readers.New = func() any { return bufio.NewReaderSize(nil, copyBufSize) }
 	s.headers.New = func() any { b := make([]byte, 0, 16<<10); return &b }
@@ -149,9 +139,6 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	s.gen = g
 	s.penalty = newPenalty(cfg)
-	s.limited = connlimit.New(s.incoming, cfg.MaxConnections, cfg.MaxConnectionsPerIP, s.reject)
-	s.dispatch.Add(1)
-	go s.dispatchLoop()
 	return s, nil
 }
 
@@ -203,61 +190,22 @@ func (s *Server) newSMTPServer(cfg Config, be smtp.Backend, tc *tls.Config) *smt
 	return srv
 }
 
-// Serve accepts connections on l until Shutdown (or until l fails). Main
-// may call it for several listeners; the connection limits are shared.
+// Serve accepts connections on l until Shutdown (then it returns nil) or
+// until l fails. Main may call it for several listeners; the connection
+// limits are shared.
 func (s *Server) Serve(l net.Listener) error {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		l.Close()
-		return nil
-	}
-	s.listeners = append(s.listeners, l)
-	s.mu.Unlock()
-	var delay time.Duration
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if s.isClosing() {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				// Out of file descriptors, or a passing fault: wait and
-				// go on, as net/http does.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", "err", err, "in", delay)
-				time.Sleep(delay)
-				continue
-			}
-			return fmt.Errorf("smtp: accept on %s: %w", l.Addr(), err)
-		}
-		delay = 0
-		if !s.incoming.push(c) {
-			c.Close()
-			return nil
-		}
-	}
+	return s.base.Serve(l, s.reject, s.accepted)
 }
 
-// dispatchLoop takes connections within the limits and hands each to a
-// session.
-func (s *Server) dispatchLoop() {
-	defer s.dispatch.Done()
-	for {
-		c, err := s.limited.Accept()
-		if err != nil {
-			return
-		}
-		s.mu.Lock()
-		cfg := s.gen.cfg
-		s.mu.Unlock()
-		if len(cfg.DNSBL) > 0 {
-			go s.screen(c, cfg.DNSBL, cfg.DNSBLTimeout.D(), cfg.Hostname)
-			continue
-		}
-		s.handoff(c)
+// accepted takes a connection within the limits: it is screened against
+// the DNS blocklists, if any, and handed to a session.
+func (s *Server) accepted(c net.Conn) {
+	cfg := s.current().cfg
+	if len(cfg.DNSBL) > 0 {
+		go s.screen(c, cfg.DNSBL, cfg.DNSBLTimeout.D(), cfg.Hostname)
+		return
 	}
+	s.handoff(c)
 }
 
 // reject answers a connection over a limit (connlimit runs it in its own
@@ -272,7 +220,7 @@ func (s *Server) reject(c net.Conn, perClient bool) {
 		text = "Too many connections from your address, please try again later"
 	}
 	io.WriteString(c, closing(cfg.Hostname, reply(421, 4, 7, 0, text)))
-	s.log.Info("connection refused", "remote", remoteIP(c), "limit", limit)
+	s.log.Info("connection refused", "remote", netserve.RemoteIP(c).String(), "limit", limit)
 	s.metrics.SMTPConnection("refused")
 }
 
@@ -281,16 +229,15 @@ func (s *Server) reject(c net.Conn, perClient bool) {
 // ready, or to the one that does not.
 func (s *Server) handoff(raw net.Conn) {
 	s.mu.Lock()
-	if s.closing {
+	g := s.gen
+	id := s.nextID.Add(1)
+	c := newConn(raw, g, s.log.With("conn", id, "remote", netserve.RemoteIP(raw).String()), s.closed)
+	if !s.base.Track(c) {
 		s.mu.Unlock()
+		c.sessionTimer.Stop()
 		raw.Close()
 		return
 	}
-	g := s.gen
-	id := s.nextID.Add(1)
-	c := newConn(raw, g, s.log.With("conn", id, "remote", remoteIP(raw)), s.closed)
-	s.conns[c] = struct{}{}
-	s.connWG.Add(1)
 	l := g.plainL
 	if s.offerTLS() {
 		l = g.secureL
@@ -316,14 +263,11 @@ func (s *Server) offerTLS() bool {
 
 // closed forgets a connection that go-smtp has closed.
 func (s *Server) closed(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
+	s.base.Done(c)
 	if ended, why := c.isEnded(); ended {
 		c.log.Info("session ended by the server", "reason", why)
 	}
 	c.log.Debug("connection closed")
-	s.connWG.Done()
 }
 
 func (s *Server) current() *generation {
@@ -332,72 +276,21 @@ func (s *Server) current() *generation {
 	return s.gen
 }
 
-func (s *Server) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
-
 // Shutdown stops accepting connections and lets the sessions in flight
 // finish: a session waiting for a command ends at once, the others at
 // their next command, each with "421 4.3.2". When ctx is done first, the
 // remaining sessions are ended as they are (a message not yet stored is
 // not stored; the sender retries) and Shutdown returns ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.base.Shutdown(ctx, forceGrace)
+	// Every session has ended (or been given up on): the go-smtp servers
+	// of the current generation take no more connections.
 	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return nil
-	}
-	s.closing = true
-	listeners := slices.Clone(s.listeners)
 	g := s.gen
-	conns := s.snapshot()
-	s.mu.Unlock()
-
-	for _, l := range listeners {
-		l.Close()
-	}
-	s.incoming.Close()
-	s.dispatch.Wait()
 	g.plainL.Close()
 	g.secureL.Close()
-	for _, c := range conns {
-		c.drain()
-	}
-	done := make(chan struct{})
-	go func() {
-		s.connWG.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		s.cancel()
-		return nil
-	case <-ctx.Done():
-	}
-	s.cancel()
-	s.mu.Lock()
-	conns = s.snapshot()
 	s.mu.Unlock()
-	s.log.Warn("shutdown: ending sessions still in flight", "sessions", len(conns))
-	for _, c := range conns {
-		c.force()
-	}
-	select {
-	case <-done:
-	case <-time.After(forceGrace):
-	}
-	return ctx.Err()
-}
-
-// snapshot lists the open connections. Callers hold s.mu.
-func (s *Server) snapshot() []*conn {
-	out := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		out = append(out, c)
-	}
-	return out
+	return err
 }
 
 // Reload applies cfg to sessions that start from now on: domains, aliases,
@@ -412,7 +305,7 @@ func (s *Server) Reload(cfg Config) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	s.mu.Lock()
-	if s.closing {
+	if s.base.Closing() {
 		s.mu.Unlock()
 		return errors.New("smtp: reload during shutdown")
 	}
@@ -454,18 +347,6 @@ func (s *Server) penaltyTable() *penalty.Table {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.penalty
-}
-
-// remoteIP returns the IP address of a connection's peer.
-func remoteIP(c net.Conn) string {
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return ta.IP.String()
-	}
-	host, _, err := net.SplitHostPort(c.RemoteAddr().String())
-	if err != nil {
-		return c.RemoteAddr().String()
-	}
-	return host
 }
 
 // libraryLog passes go-smtp's error log to slog. go-smtp recovers from a

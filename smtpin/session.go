@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postie/postie/internal/connlimit"
+	"github.com/postie/postie/internal/netserve"
 	"github.com/postie/postie/smtpin/authcheck"
 )
 
@@ -138,7 +139,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	if t.spf == nil {
 		t.spf = make(chan authcheck.SPF, 1)
-		ip := net.ParseIP(remoteIP(s.c.Conn))
+		ip := net.IP(netserve.RemoteIP(s.c.Conn).AsSlice())
 		go func() {
 			ctx, cancel := context.WithTimeout(t.ctx, s.g.cfg.Checks.Timeout.D())
 			defer cancel()

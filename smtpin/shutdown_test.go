@@ -113,10 +113,9 @@ func TestShutdownDeadline(t *testing.T) {
 }
 
 func allDraining(s *Server) bool {
-	s.mu.Lock()
-	conns := s.snapshot()
-	s.mu.Unlock()
-	for _, c := range conns {
+	conns := s.base.Sessions()
+	for _, sess := range conns {
+		c := sess.(*conn)
 		c.mu.Lock()
 		d := c.draining
 		c.mu.Unlock()

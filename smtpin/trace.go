@@ -9,6 +9,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postie/postie/internal/netserve"
 	"github.com/postie/postie/smtpin/authcheck"
 )
 
@@ -35,7 +36,7 @@ func (s *session) trace(t *transaction, res *result) []byte {
 	b.WriteString("\r\nReceived: from ")
 	b.WriteString(headerSafe(t.helo))
 	b.WriteString(" (")
-	b.WriteString(addressLiteral(remoteIP(s.c.Conn)))
+	b.WriteString(addressLiteral(netserve.RemoteIP(s.c.Conn).String()))
 	b.WriteString(")\r\n\tby ")
 	b.WriteString(host)
 	b.WriteString(" (Postie) with ")
