@@ -29,16 +29,12 @@ type Delivery struct {
 	cr      bool   // the last byte written was a CR
 	last2   [2]byte
 
-	cur     *[]byte   // chunk being filled
-	full    []*[]byte // filled chunks not yet flushed
-	flushed chan flushResult
-	err     error // sticky: once set, the delivery is dead
-	done    bool
-}
-
-type flushResult struct {
-	id  uint64
-	err error
+	cur      *[]byte    // chunk being filled
+	full     []*[]byte  // filled chunks not yet flushed
+	inflight []flushing // flushes handed to the committer, oldest first
+	ahead    int        // body bytes they hold
+	err      error      // sticky: once set, the delivery is dead
+	done     bool
 }
 
 // Begin starts a delivery.
@@ -227,64 +223,117 @@ func (d *Delivery) fail(err error) {
 	}
 }
 
-// flush hands the full chunks to the committer in their own transaction. It
-// first waits for the previous flush, so a delivery never has more than two
-// flush units in memory.
+// flush hands the full chunks to the committer and, but for the first
+// flush, goes on without waiting for their commit: while one transaction
+// is written and synced the next flushes queue up, and the committer takes
+// them all in its next one. Few large transactions cost fewer syncs, and
+// bbolt rewrites the leaf a delivery's body ends in once per transaction,
+// not once per flush. What flushes hold until committed counts against the
+// store's flush budget, so many deliveries at once stay within it; past
+// it, flush waits.
 func (d *Delivery) flush() {
-	if err := d.waitFlush(); err != nil {
-		d.fail(err)
-		return
-	}
 	chunks := d.full
 	d.full = nil
+	cost := len(chunks) * d.s.opts.ChunkSize
+	d.reap()
+	// One delivery alone may not take the whole budget: its batches would
+	// be larger than they need to be, each one held twice over while bbolt
+	// writes it, and the heap of a single large delivery would grow by
+	// that much.
+	for len(d.inflight) > 0 && d.ahead+cost > d.s.opts.FlushAhead && d.err == nil {
+		d.landed(<-d.inflight[0].o.done)
+	}
+	if d.err != nil {
+		d.s.putChunks(chunks)
+		return
+	}
+	taken, err := d.s.flushBudget.acquire(d.ctx, cost)
+	if err != nil {
+		d.s.putChunks(chunks)
+		d.fail(fmt.Errorf("spool: store message body: %w", err))
+		return
+	}
 	first := d.nextIdx
 	d.nextIdx += uint32(len(chunks))
 	id := d.id
-	res := make(chan flushResult, 1)
-	d.flushed = res
-	cost := len(chunks) * d.s.opts.ChunkSize
-	go func() {
-		var newID uint64
-		err := d.s.update(d.ctx, cost, func(tx *bbolt.Tx) error {
-			newID = id
-			if newID == 0 {
-				// The first flush allocates the id and marks it pending.
-				seq, err := tx.Bucket(bucketMessages).NextSequence()
-				if err != nil {
-					return err
-				}
-				newID = seq
-				if err := tx.Bucket(bucketPending).Put(u64(newID), u64(uint64(d.s.opts.Now().Unix()))); err != nil {
-					return err
-				}
+	var newID uint64
+	o := &op{cost: cost, done: make(chan error, 1)}
+	o.fn = func(tx *bbolt.Tx) error {
+		newID = id
+		if newID == 0 {
+			// The first flush allocates the id and marks it pending.
+			seq, err := tx.Bucket(bucketMessages).NextSequence()
+			if err != nil {
+				return err
 			}
-			return putChunks(tx, newID, first, chunks)
-		})
-		for _, c := range chunks {
-			d.s.chunkPool.Put(c)
+			newID = seq
+			if err := tx.Bucket(bucketPending).Put(u64(newID), u64(uint64(d.s.opts.Now().Unix()))); err != nil {
+				return err
+			}
 		}
-		res <- flushResult{newID, err}
-	}()
+		return putChunks(tx, newID, first, chunks)
+	}
+	o.after = func(error) {
+		d.s.putChunks(chunks)
+		d.s.flushBudget.release(taken)
+	}
+	if err := d.s.submit(d.ctx, o); err != nil {
+		o.after(err)
+		d.fail(fmt.Errorf("spool: store message body: %w", err))
+		return
+	}
+	d.inflight = append(d.inflight, flushing{o, cost})
+	d.ahead += cost
 	if d.id == 0 {
 		// Later flushes need the id: wait for the first one now.
-		if err := d.waitFlush(); err != nil {
-			d.fail(err)
+		if d.waitFlushes() == nil {
+			d.id = newID
 		}
 	}
 }
 
-// waitFlush waits for the flush in flight, if any.
-func (d *Delivery) waitFlush() error {
-	if d.flushed == nil {
-		return nil
+// flushing is a flush handed to the committer.
+type flushing struct {
+	o    *op
+	cost int
+}
+
+// reap takes the outcomes of the flushes that have committed, without
+// waiting for the others, so that a failed flush stops the delivery early.
+func (d *Delivery) reap() {
+	for len(d.inflight) > 0 {
+		select {
+		case err := <-d.inflight[0].o.done:
+			d.landed(err)
+		default:
+			return
+		}
 	}
-	r := <-d.flushed
-	d.flushed = nil
-	if r.err != nil {
-		return fmt.Errorf("spool: store message body: %w", r.err)
+}
+
+// landed takes the outcome of the oldest flush in flight.
+func (d *Delivery) landed(err error) {
+	d.ahead -= d.inflight[0].cost
+	d.inflight = d.inflight[1:]
+	if err != nil {
+		d.fail(fmt.Errorf("spool: store message body: %w", err))
 	}
-	d.id = r.id
-	return nil
+}
+
+// waitFlushes waits for every flush in flight and returns the delivery's
+// error, if any.
+func (d *Delivery) waitFlushes() error {
+	for len(d.inflight) > 0 {
+		d.landed(<-d.inflight[0].o.done)
+	}
+	return d.err
+}
+
+// putChunks gives body chunks back to the pool.
+func (s *Store) putChunks(chunks []*[]byte) {
+	for _, c := range chunks {
+		s.chunkPool.Put(c)
+	}
 }
 
 func putChunks(tx *bbolt.Tx, id uint64, first uint32, chunks []*[]byte) error {
@@ -322,9 +371,7 @@ func (d *Delivery) Commit(prefix []byte, accounts []string) (MessageID, error) {
 	if d.err == nil && d.size+int64(len(prefix)) > int64(d.s.opts.MaxMessageSize) {
 		d.fail(ErrTooLarge)
 	}
-	if err := d.waitFlush(); err != nil {
-		d.fail(err)
-	}
+	d.waitFlushes()
 	if d.err != nil {
 		d.Abort()
 		return 0, d.err
@@ -353,11 +400,7 @@ func (d *Delivery) Commit(prefix []byte, accounts []string) (MessageID, error) {
 	}
 	chunks := d.full
 	d.full = nil
-	defer func() {
-		for _, c := range chunks {
-			d.s.chunkPool.Put(c)
-		}
-	}()
+	defer d.s.putChunks(chunks)
 	first := d.nextIdx
 	nChunks := first - 1 + uint32(len(chunks))
 	size := d.size + int64(len(prefix))
@@ -446,11 +489,11 @@ func (d *Delivery) Abort() {
 	}
 	d.done = true
 	d.fail(errors.New("spool: delivery aborted"))
-	d.waitFlush()
+	// The flushes in flight must have landed before their chunks are
+	// removed, or they would outlive the pending mark.
+	d.waitFlushes()
 	d.abortStored()
-	for _, c := range d.full {
-		d.s.chunkPool.Put(c)
-	}
+	d.s.putChunks(d.full)
 	d.full = nil
 	if d.cur != nil {
 		d.s.chunkPool.Put(d.cur)
