@@ -1,146 +1,256 @@
 package control
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/postie/postie/spool"
 )
 
 // Client sends commands to a running server's control socket.
-type Client struct{ path string }
+type Client struct {
+	path string
+	hc   *http.Client
+}
 
-// Dial checks that a server answers on the socket at path.
+const (
+	// maxReply bounds a JSON reply (an account list of many thousands).
+	maxReply = 64 << 20
+	// maxErrorReply bounds the text of an error reply.
+	maxErrorReply = 64 << 10
+)
+
+// Dial checks that a server answers on the socket at path, and returns a
+// Client that talks to it.
 func Dial(path string) (*Client, error) {
 	c, err := net.DialTimeout("unix", path, 2*time.Second)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("control: connect to %s: %w", path, err)
 	}
 	c.Close()
-	return &Client{path: path}, nil
-}
-
-// do sends one request and reads the reply line. With a non-nil sink, the
-// raw data after a streaming reply is copied into it.
-func (c *Client) do(ctx context.Context, req request, sink io.Writer) (reply, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.path)
-	if err != nil {
-		return reply{}, fmt.Errorf("control: connect to the running server: %w", err)
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		DisableCompression:     true,
+		MaxIdleConnsPerHost:    2,
+		IdleConnTimeout:        30 * time.Second,
+		MaxResponseHeaderBytes: maxRequest,
 	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	b, _ := json.Marshal(req)
-	if _, err := conn.Write(append(b, '\n')); err != nil {
-		return reply{}, fmt.Errorf("control: send: %w", err)
-	}
-	br := bufio.NewReaderSize(conn, 64<<10)
-	line, err := br.ReadBytes('\n')
-	if err != nil {
-		return reply{}, fmt.Errorf("control: the server closed the connection without answering (see its log): %w", err)
-	}
-	var r reply
-	if err := json.Unmarshal(line, &r); err != nil {
-		return reply{}, fmt.Errorf("control: bad reply: %w", err)
-	}
-	if r.Error != "" {
-		return r, &remoteError{msg: r.Error, kind: sentinels[r.Kind]}
-	}
-	if r.Stream && sink != nil {
-		t, err := readStream(br, sink)
-		if err != nil {
-			return r, fmt.Errorf("control: receive %s: %w", req.Op, err)
-		}
-		if t.Error != "" {
-			return t, &remoteError{msg: t.Error, kind: sentinels[t.Kind]}
-		}
-		r.Count = t.Count
-	}
-	return r, nil
+	return &Client{path: path, hc: &http.Client{
+		Transport: tr,
+		// The server never redirects; a redirect is ServeMux cleaning a
+		// path, which no request of ours needs.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}, nil
 }
 
 // AddAccount implements Admin.
 func (c *Client) AddAccount(ctx context.Context, addr, pw string) error {
-	_, err := c.do(ctx, request{Op: "user.add", Address: addr, Password: pw}, nil)
+	_, err := do[none](ctx, c, http.MethodPost, newAccount{addr, pw}, "accounts")
 	return err
 }
 
 // SetPassword implements Admin.
 func (c *Client) SetPassword(ctx context.Context, addr, pw string) error {
-	_, err := c.do(ctx, request{Op: "user.passwd", Address: addr, Password: pw}, nil)
+	_, err := do[none](ctx, c, http.MethodPut, passwordBody{pw}, "accounts", addr, "password")
 	return err
 }
 
 // DeleteAccount implements Admin.
 func (c *Client) DeleteAccount(ctx context.Context, addr string) error {
-	_, err := c.do(ctx, request{Op: "user.del", Address: addr}, nil)
+	_, err := do[none](ctx, c, http.MethodDelete, nil, "accounts", addr)
 	return err
 }
 
 // SetQuota implements Admin.
 func (c *Client) SetQuota(ctx context.Context, addr string, n int64) error {
-	_, err := c.do(ctx, request{Op: "user.quota", Address: addr, Bytes: n}, nil)
+	_, err := do[none](ctx, c, http.MethodPut, quotaBody{n}, "accounts", addr, "quota")
 	return err
 }
 
 // Accounts implements Admin.
 func (c *Client) Accounts(ctx context.Context) ([]spool.AccountInfo, error) {
-	r, err := c.do(ctx, request{Op: "user.list"}, nil)
-	return r.Accounts, err
+	return do[[]spool.AccountInfo](ctx, c, http.MethodGet, nil, "accounts")
 }
 
 // AddDevice implements Admin.
 func (c *Client) AddDevice(ctx context.Context, addr, name string, all bool) (string, error) {
-	r, err := c.do(ctx, request{Op: "device.add", Address: addr, Name: name, All: all}, nil)
+	r, err := do[passwordBody](ctx, c, http.MethodPost, newDevice{name, all}, "accounts", addr, "devices")
 	return r.Password, err
 }
 
 // Devices implements Admin.
 func (c *Client) Devices(ctx context.Context, addr string) ([]spool.DeviceInfo, error) {
-	r, err := c.do(ctx, request{Op: "device.list", Address: addr}, nil)
-	return r.Devices, err
+	return do[[]spool.DeviceInfo](ctx, c, http.MethodGet, nil, "accounts", addr, "devices")
 }
 
 // DeleteDevice implements Admin.
 func (c *Client) DeleteDevice(ctx context.Context, addr, name string) error {
-	_, err := c.do(ctx, request{Op: "device.del", Address: addr, Name: name}, nil)
+	_, err := do[none](ctx, c, http.MethodDelete, nil, "accounts", addr, "devices", name)
 	return err
 }
 
 // Restore implements Admin.
 func (c *Client) Restore(ctx context.Context, addr string) (int, error) {
-	r, err := c.do(ctx, request{Op: "restore", Address: addr}, nil)
-	return int(r.Count), err
+	r, err := do[restoredBody](ctx, c, http.MethodPost, nil, "accounts", addr, "restore")
+	return r.Messages, err
+}
+
+// Verify implements Admin.
+func (c *Client) Verify(ctx context.Context) ([]string, error) {
+	r, err := do[problemsBody](ctx, c, http.MethodPost, nil, "verify")
+	return r.Problems, err
 }
 
 // Backup implements Admin: the server writes a consistent copy of its spool
 // into w.
 func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
-	r, err := c.do(ctx, request{Op: "backup"}, w)
-	return r.Count, err
+	return c.stream(ctx, w, "backup")
 }
 
 // Export implements Admin.
 func (c *Client) Export(ctx context.Context, addr string, w io.Writer) (int, error) {
-	r, err := c.do(ctx, request{Op: "export", Address: addr}, w)
-	return int(r.Count), err
+	n, err := c.stream(ctx, w, "accounts", addr, "export")
+	return int(n), err
 }
 
-// Verify implements Admin.
-func (c *Client) Verify(ctx context.Context) ([]string, error) {
-	r, err := c.do(ctx, request{Op: "verify"}, nil)
-	return r.Problems, err
+// Close implements Admin: it closes the idle connections to the server.
+func (c *Client) Close() error {
+	c.hc.CloseIdleConnections()
+	return nil
 }
-
-// Close implements Admin; the client holds nothing open.
-func (c *Client) Close() error { return nil }
 
 // Remote implements Admin.
 func (c *Client) Remote() bool { return true }
+
+// do sends a request with in (unless nil) as its JSON body to the path of
+// the segments, and decodes the JSON reply. An error reply becomes an
+// error that errors.Is matches with the spool's sentinel, as the same
+// command on a local spool would return.
+func do[Out any](ctx context.Context, c *Client, method string, in any, segments ...string) (Out, error) {
+	var out Out
+	resp, err := c.send(ctx, method, in, segments)
+	if err != nil {
+		return out, err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxReply)).Decode(&out); err != nil {
+		return out, fmt.Errorf("control: %s %s: bad reply: %w", method, resp.Request.URL.Path, err)
+	}
+	return out, nil
+}
+
+// stream sends a GET for a backup or export to the path of the segments
+// and copies the reply's body to w. It returns the count in the trailer
+// Postie-Complete, or an error if the body ended without it.
+func (c *Client) stream(ctx context.Context, w io.Writer, segments ...string) (int64, error) {
+	op := segments[len(segments)-1]
+	resp, err := c.send(ctx, http.MethodGet, nil, segments)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body := &readErr{r: resp.Body}
+	if _, err := io.Copy(w, body); err != nil {
+		if body.err == nil {
+			return 0, fmt.Errorf("control: %s: write the data: %w", op, err)
+		}
+		return 0, fmt.Errorf("control: %s: the data stopped before the server said it was complete (see the server's log): %w", op, err)
+	}
+	if msg := resp.Trailer.Get(trailerError); msg != "" {
+		return 0, &remoteError{msg: op + " failed: " + msg, kind: sentinelNamed(resp.Trailer.Get(headerKind))}
+	}
+	done := resp.Trailer.Get(trailerComplete)
+	if done == "" {
+		return 0, fmt.Errorf("control: %s: the data ended before the server said it was complete (see the server's log)", op)
+	}
+	n, err := strconv.ParseInt(done, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("control: %s: bad %s trailer %q: %w", op, trailerComplete, done, err)
+	}
+	return n, nil
+}
+
+// send sends a request and returns the reply if its status is 2xx, or the
+// error it reports.
+func (c *Client) send(ctx context.Context, method string, in any, segments []string) (*http.Response, error) {
+	path, err := requestPath(segments)
+	if err != nil {
+		return nil, err
+	}
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("control: %s %s: encode the request: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://postie"+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("control: %s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("control: %s %s: no answer from the running server (see its log): %w", method, path, err)
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	text, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorReply))
+	msg := strings.TrimSpace(string(text))
+	if resp.Header.Get(headerKind) == "" {
+		// Not an operation's error (an unknown route, a refused user):
+		// say what was asked.
+		msg = fmt.Sprintf("control: %s %s: %s: %s", method, path, resp.Status, msg)
+	}
+	return nil, &remoteError{msg: msg, kind: sentinelNamed(resp.Header.Get(headerKind))}
+}
+
+// requestPath escapes each segment of a path. An empty segment, or a dot
+// segment that path cleaning would remove, cannot be sent as it is.
+func requestPath(segments []string) (string, error) {
+	var b strings.Builder
+	for _, s := range segments {
+		if s == "" {
+			return "", errors.New("control: an address or device name is empty")
+		}
+		e := url.PathEscape(s)
+		if e == "." || e == ".." {
+			e = strings.ReplaceAll(e, ".", "%2E")
+		}
+		b.WriteString("/" + e)
+	}
+	return b.String(), nil
+}
+
+// readErr remembers the error of its reader other than io.EOF, to tell it
+// from a writer's.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
+}

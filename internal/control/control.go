@@ -2,13 +2,21 @@
 // device list", "postie backup", ...) work whether or not "postie serve" is
 // running. bbolt holds an exclusive lock on the spool file while the server
 // runs, so the server listens on a Unix socket in the data directory (mode
-// 0600, in a directory only its owner can enter) and carries out the
-// commands itself; when no server runs, the command opens the spool file
-// directly. Either way the caller gets the same Admin.
+// 0600, in a directory only its owner can enter; only root and the server's
+// own user are served) and carries out the commands itself; when no server
+// runs, the command opens the spool file directly. Either way the caller
+// gets the same Admin.
 //
-// The protocol is one JSON request line per connection, answered by one JSON
-// reply line; for backup and export the reply line is followed by the data
-// in chunks and a trailer line that says whether it is complete.
+// Over the socket the protocol is HTTP/1.1, one route per operation (see
+// routes in server.go and the matching Client methods): JSON request and
+// reply bodies, and the spool's errors as status codes (400 bad input, 404
+// no such account or device, 409 exists or in use, 413 request too large,
+// 500 otherwise) with the error text in the body and the sentinel's name in
+// the Postie-Error-Kind header, so that errors.Is works on the client side
+// too. Backup and export stream their data as the body and end it with the
+// trailer Postie-Complete (the byte or message count), or Postie-Error when
+// the server failed after the data had started: a body without
+// Postie-Complete is incomplete, and the client reports it as an error.
 package control
 
 import (
@@ -17,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"syscall"
 	"time"
@@ -29,17 +38,32 @@ const SocketName = "control.sock"
 
 // Admin is what the admin commands can do to a spool.
 type Admin interface {
+	// AddAccount creates an account with a password.
 	AddAccount(ctx context.Context, addr, password string) error
+	// SetPassword changes an account's password.
 	SetPassword(ctx context.Context, addr, password string) error
+	// DeleteAccount removes an account and its mail.
 	DeleteAccount(ctx context.Context, addr string) error
+	// SetQuota sets an account's mailbox limit in bytes (0: the default).
 	SetQuota(ctx context.Context, addr string, bytes int64) error
+	// Accounts lists the accounts.
 	Accounts(ctx context.Context) ([]spool.AccountInfo, error)
+	// AddDevice gives an account a device password and returns it.
 	AddDevice(ctx context.Context, addr, name string, all bool) (string, error)
+	// Devices lists an account's ways of logging in.
 	Devices(ctx context.Context, addr string) ([]spool.DeviceInfo, error)
+	// DeleteDevice removes a device password.
 	DeleteDevice(ctx context.Context, addr, name string) error
+	// Restore brings back an account's retained deletions and returns
+	// their number.
 	Restore(ctx context.Context, addr string) (int, error)
+	// Backup writes a consistent copy of the spool file to w and returns
+	// its size.
 	Backup(ctx context.Context, w io.Writer) (int64, error)
+	// Export writes an account's mailbox to w as mboxrd and returns the
+	// number of messages.
 	Export(ctx context.Context, addr string, w io.Writer) (int, error)
+	// Verify checks the spool file and returns the problems found.
 	Verify(ctx context.Context) ([]string, error)
 	// Close releases what the Admin holds (the spool file, when opened
 	// directly).
@@ -115,26 +139,87 @@ func problemStrings(errs []error) []string {
 	return out
 }
 
-// sentinels maps the spool errors callers branch on to names that cross the
-// socket, so that errors.Is works on the client side too.
-var sentinels = map[string]error{
-	"no_such_account": spool.ErrNoSuchAccount,
-	"account_exists":  spool.ErrAccountExists,
-	"weak_password":   spool.ErrWeakPassword,
-	"maildrop_locked": spool.ErrMaildropLocked,
-	"no_such_device":  spool.ErrNoSuchDevice,
-	"device_exists":   spool.ErrDeviceExists,
-	"not_retained":    spool.ErrNotRetained,
-	"storage_full":    spool.ErrStorageFull,
+// The request and reply bodies of the JSON routes.
+type (
+	// none is the body of a request or reply that carries nothing.
+	none       struct{}
+	newAccount struct {
+		Address  string `json:"address"`
+		Password string `json:"password"`
+	}
+	passwordBody struct {
+		Password string `json:"password"`
+	}
+	quotaBody struct {
+		Bytes int64 `json:"bytes"`
+	}
+	newDevice struct {
+		Name string `json:"name"`
+		All  bool   `json:"all"`
+	}
+	restoredBody struct {
+		Messages int `json:"messages"`
+	}
+	problemsBody struct {
+		Problems []string `json:"problems"`
+	}
+)
+
+// The headers and trailers of the protocol.
+const (
+	// headerKind is on every error reply of an operation: it names the
+	// spool sentinel behind the error (otherKind for none). As a trailer,
+	// it names the one behind the error that cut a stream short.
+	headerKind = "Postie-Error-Kind"
+	// otherKind is the headerKind of an error that is no sentinel.
+	otherKind = "other"
+	// trailerComplete ends a complete stream; its value is the count.
+	trailerComplete = "Postie-Complete"
+	// trailerError carries the error that cut a stream short.
+	trailerError = "Postie-Error"
+)
+
+// sentinel is a spool error that callers branch on, with its name on the
+// wire and the status code it is sent with.
+type sentinel struct {
+	kind   string
+	err    error
+	status int
 }
 
-func errorKind(err error) string {
-	for k, s := range sentinels {
-		if errors.Is(err, s) {
-			return k
+// sentinels lists the spool errors that cross the socket, so that errors.Is
+// works on the client side too.
+func sentinels() []sentinel {
+	return []sentinel{
+		{"no_such_account", spool.ErrNoSuchAccount, http.StatusNotFound},
+		{"no_such_device", spool.ErrNoSuchDevice, http.StatusNotFound},
+		{"account_exists", spool.ErrAccountExists, http.StatusConflict},
+		{"device_exists", spool.ErrDeviceExists, http.StatusConflict},
+		{"maildrop_locked", spool.ErrMaildropLocked, http.StatusConflict},
+		{"not_retained", spool.ErrNotRetained, http.StatusConflict},
+		{"weak_password", spool.ErrWeakPassword, http.StatusBadRequest},
+		{"storage_full", spool.ErrStorageFull, http.StatusInsufficientStorage},
+	}
+}
+
+// sentinelOf returns the sentinel that err is, if any.
+func sentinelOf(err error) (sentinel, bool) {
+	for _, s := range sentinels() {
+		if errors.Is(err, s.err) {
+			return s, true
 		}
 	}
-	return ""
+	return sentinel{}, false
+}
+
+// sentinelNamed returns the spool error of a wire name, or nil.
+func sentinelNamed(kind string) error {
+	for _, s := range sentinels() {
+		if s.kind == kind {
+			return s.err
+		}
+	}
+	return nil
 }
 
 // remoteError is an error reported by the server.
@@ -146,22 +231,30 @@ type remoteError struct {
 func (e *remoteError) Error() string { return e.msg }
 func (e *remoteError) Unwrap() error { return e.kind }
 
-// peerAllowed reports whether the process at the other end of a Unix
-// connection runs as root or as the server's own user.
-func peerAllowed(c *net.UnixConn) (bool, error) {
-	raw, err := c.SyscallConn()
+// peerUID returns the user id of the process at the other end of a Unix
+// connection.
+func peerUID(c net.Conn) (uint32, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return 0, fmt.Errorf("control: peer credentials: a %T has no descriptor", c)
+	}
+	raw, err := sc.SyscallConn()
 	if err != nil {
-		return false, err
+		return 0, fmt.Errorf("control: peer credentials: %w", err)
 	}
 	var cred *syscall.Ucred
 	var cerr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
 	}); err != nil {
-		return false, err
+		return 0, fmt.Errorf("control: peer credentials: %w", err)
 	}
 	if cerr != nil {
-		return false, fmt.Errorf("control: peer credentials: %w", cerr)
+		return 0, fmt.Errorf("control: peer credentials: %w", cerr)
 	}
-	return cred.Uid == 0 || int(cred.Uid) == os.Geteuid(), nil
+	return cred.Uid, nil
 }
+
+// ownUserOrRoot reports whether uid is root or the user this process runs
+// as: the only users the control socket serves.
+func ownUserOrRoot(uid uint32) bool { return uid == 0 || int(uid) == os.Geteuid() }

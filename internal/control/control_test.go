@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -145,8 +146,8 @@ func TestBadRequests(t *testing.T) {
 	srv, _ := Listen(filepath.Join(dir, SocketName), s, slog.New(slog.DiscardHandler))
 	defer srv.Close()
 	c, _ := Dial(filepath.Join(dir, SocketName))
-	_, err := c.do(context.Background(), request{Op: "format-disk"}, nil)
-	if err == nil || !strings.Contains(err.Error(), "unknown operation") {
+	_, err := do[none](context.Background(), c, http.MethodPost, nil, "format-disk")
+	if err == nil || !strings.Contains(err.Error(), "404") || errors.Is(err, spool.ErrNoSuchAccount) {
 		t.Fatalf("unknown op: %v", err)
 	}
 }
@@ -224,11 +225,14 @@ func TestExportOverTheSocket(t *testing.T) {
 // A stream the server could not finish is an error for the client, never
 // a short mbox or backup taken for a whole one.
 func TestStreamCutShort(t *testing.T) {
+	const head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Postie-Complete, Postie-Error\r\n\r\n"
 	for _, tc := range []struct{ name, sent string }{
-		{"inside a chunk", "{\"stream\":true}\n10\nonly part"},
-		{"between chunks", "{\"stream\":true}\n4\nsome"},
-		{"without the trailer", "{\"stream\":true}\n4\nsome0\n"},
-		{"error in the trailer", "{\"stream\":true}\n4\nsome0\n{\"error\":\"export failed: disk on fire\"}\n"},
+		{"inside a chunk", head + "10\r\nonly part"},
+		{"between chunks", head + "4\r\nsome\r\n"},
+		{"without the trailer", head + "4\r\nsome\r\n0\r\n\r\n"},
+		{"error in the trailer", head + "4\r\nsome\r\n0\r\nPostie-Error: disk on fire\r\n\r\n"},
+		{"not chunked", "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nsome"},
+		{"bad count", head + "4\r\nsome\r\n0\r\nPostie-Complete: many\r\n\r\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), SocketName)
@@ -244,7 +248,7 @@ func TestStreamCutShort(t *testing.T) {
 					if err != nil {
 						return
 					}
-					if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+					if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
 						io.WriteString(c, tc.sent)
 					}
 					c.Close()
