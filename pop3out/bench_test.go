@@ -150,8 +150,9 @@ func BenchmarkHeapGrowth50MiB(b *testing.B) {
 
 // BenchmarkLogin times a login with an unknown user, a wrong password and
 // the right one, with the default AuthDuration padding: the two failures
-// should take the same time (RELIABILITY T2); the success is not padded. No penalty applies: each failure is
-// forgiven before the next attempt.
+// should take the same time (docs/security.md, no user enumeration); the
+// success is not padded. No penalty applies: each failure is forgiven
+// before the next attempt.
 //
 //	go test -run XXX -bench Login ./pop3out/
 func BenchmarkLogin(b *testing.B) {

@@ -231,7 +231,7 @@ uidls_file %s
 		t.Fatal(err)
 	}
 	// Twice leaving the mail on the server: thanks to stable UIDLs the
-	// second run fetches nothing (RELIABILITY P2, P12). Then once more
+	// second run fetches nothing (docs/durability.md, UIDs and UIDLs). Then once more
 	// deleting what was fetched.
 	for _, keep := range []string{"--keep=on", "--keep=on", "--keep=off"} {
 		run(t, dir, []string{"HOME=" + dir}, "mpop", "--file="+cfgFile, "--quiet", keep, "postie")

@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -45,7 +46,7 @@ func TestTLSVersionsAndALPN(t *testing.T) {
 		// handshake (RFC 7301 §3.2 no_application_protocol).
 		{"ALPN http/1.1 only", func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }, false},
 		{"TLS 1.1", func(c *tls.Config) { c.MaxVersion = tls.VersionTLS11; c.MinVersion = tls.VersionTLS10 }, false},
-		// RELIABILITY T7: a client without SNI still gets the certificate.
+		// A client without SNI still gets the certificate (docs/security.md, TLS).
 		{"no SNI", func(c *tls.Config) { c.ServerName = ""; c.InsecureSkipVerify = true }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -99,7 +100,8 @@ func TestLoginTimeout(t *testing.T) {
 }
 
 // A client that stops reading in the middle of a large message is dropped
-// after write_timeout, and its maildrop is released (RELIABILITY P9).
+// after write_timeout, and its maildrop is released (docs/security.md,
+// slow and idle clients).
 func TestSlowReaderIsDropped(t *testing.T) {
 	e := newEnv(t, envOptions{noFixture: true, config: func(c *Config) { c.WriteTimeout = units.DurationOf(300 * time.Millisecond) }})
 	e.deliver(alice, makeMessage(16<<20, 1))
@@ -271,7 +273,7 @@ func TestReload(t *testing.T) {
 	old.expect("+OK ")
 	cfg := testConfig()
 	cfg.PlaintextLoginNetworks = nil
-	if err := e.srv.Reload(cfg); err != nil {
+	if _, err := e.srv.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
 	// New sessions use the new config; the one already open keeps its own.
@@ -281,12 +283,16 @@ func TestReload(t *testing.T) {
 	old.login(alice, password)
 
 	cfg.MaxConnections = 5
-	if err := e.srv.Reload(cfg); err != nil {
+	cfg.FailedLoginDelay = units.DurationOf(30 * time.Millisecond)
+	rep, err := e.srv.Reload(cfg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	e.waitLog("some changes need a restart")
+	if !slices.Equal(rep.Changed, []string{"pop3.max_connections", "pop3.failed_login_delay"}) || !slices.Equal(rep.Restart, []string{"pop3.max_connections"}) {
+		t.Errorf("report: %+v, want the delay applied and max_connections needing a restart", rep)
+	}
 	cfg.IdleTimeout = units.DurationOf(-1)
-	if err := e.srv.Reload(cfg); err == nil || !strings.Contains(err.Error(), "pop3.idle_timeout") {
+	if _, err := e.srv.Reload(cfg); err == nil || !strings.Contains(err.Error(), "pop3.idle_timeout") {
 		t.Fatalf("Reload of a bad config: %v", err)
 	}
 }

@@ -23,7 +23,7 @@ import (
 // fixtureMessages, bob nothing; both use the password "correct horse
 // battery"; UIDLs are "<uid>.1767323045").
 //
-// The syntax (STYLE.md §10.16), where a digit after C or S picks a second
+// The syntax (docs/transcripts.md), where a digit after C or S picks a second
 // connection:
 //
 //	# a comment

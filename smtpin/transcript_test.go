@@ -18,7 +18,7 @@ import (
 )
 
 // TestTranscripts plays every testdata/transcripts/*.txt over a real
-// socket against a fresh server. The syntax is that of STYLE.md point 16:
+// socket against a fresh server. The syntax is in docs/transcripts.md:
 //
 //	C: EHLO client.example      send a line (CRLF added)
 //	C! "DATA\r\n.\n"            send raw bytes (a Go string literal)

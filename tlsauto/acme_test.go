@@ -70,7 +70,7 @@ func TestACMEHTTP01(t *testing.T) {
 	}
 
 	// A stranger's SNI gets the host's certificate and starts no order
-	// (RELIABILITY C5).
+	// (docs/security.md, TLS: SNI-less clients).
 	orders := p.Orders()
 	other, err := dialTLS(mail.addr, "random-name.example.test", roots, host, nil)
 	if err != nil {
@@ -306,8 +306,8 @@ func TestACMEValidationFails(t *testing.T) {
 // TestACMEDamagedStorage: what a kill -9 in the middle of a renewal or a
 // full disk leaves behind (a stored certificate that no longer loads, the
 // issuance lock of the dead process) does not stop the next start: the
-// damaged files are set aside, the stale lock is taken over (RELIABILITY
-// C4), and a new certificate is obtained, with no hands.
+// damaged files are set aside, the stale lock is taken over, and a new
+// certificate is obtained, with no hands.
 func TestACMEDamagedStorage(t *testing.T) {
 	const host = "mx.damaged.example.test"
 	dns := testutil.NewDNSServer(t)

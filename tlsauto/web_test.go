@@ -196,7 +196,7 @@ func isReset(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "connection reset")
 }
 
-// TestMailTLS checks the mail ports' TLS against RELIABILITY T6 and T7: no
+// TestMailTLS checks the mail ports' TLS as docs/security.md (TLS) has it: no
 // TLS 1.1, no handshake for a client that offers only HTTP or acme-tls/1,
 // the host's certificate without SNI and for a stranger's SNI (never the
 // mta-sts certificate), and only modern suites in TLS 1.2.
