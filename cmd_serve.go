@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/postie/postie/internal/autoconfig"
+	"github.com/postie/postie/internal/confkit"
 	"github.com/postie/postie/internal/control"
 	"github.com/postie/postie/internal/metrics"
 	"github.com/postie/postie/internal/resolver"
@@ -235,8 +236,7 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 				log.Error("reload failed; keeping the running config", "err", err)
 				continue
 			}
-			applyReload(log, level, cfg, next, smtp, pop)
-			cfg.SMTP, cfg.POP3 = next.SMTP, next.POP3
+			cfg = applyReload(log, level, cfg, next, smtp, pop)
 		}
 	}
 
@@ -265,48 +265,52 @@ func pop3sPort(cfg Config) int {
 	return port
 }
 
-// applyReload applies a new config to the running parts where that is safe,
-// and says in the log what needs a restart.
-func applyReload(log *slog.Logger, level *slog.LevelVar, old, next Config, smtp *smtpin.Server, pop *pop3out.Server) {
+// applyReload applies next to the running parts where that is safe and
+// returns the config now in force: the parts that reloaded take theirs from
+// next, the rest (and a part whose reload failed) keep running's. Each part
+// reports which of its keys changed and which need a restart; the keys of
+// the tables main wires at start (data_dir, hostname, [dns], [spool],
+// [tls], [metrics], [watchdog], [autoconfig], log.format) always need one.
+// One log line says what took effect and what waits for a restart.
+func applyReload(log *slog.Logger, level *slog.LevelVar, running, next Config, smtp *smtpin.Server, pop *pop3out.Server) Config {
+	inForce := running
+	var reports []confkit.Report
+	if rep, err := smtp.Reload(next.SMTP); err != nil {
+		log.Error("smtp reload failed; keeping its running config", "err", err)
+	} else {
+		reports = append(reports, rep)
+		inForce.SMTP = next.SMTP
+		// Copied into [smtp] by spread: they took effect with it.
+		inForce.Domains, inForce.Aliases, inForce.PlusSeparator, inForce.Postmaster = next.Domains, next.Aliases, next.PlusSeparator, next.Postmaster
+	}
+	if rep, err := pop.Reload(next.POP3); err != nil {
+		log.Error("pop3 reload failed; keeping its running config", "err", err)
+	} else {
+		reports = append(reports, rep)
+		inForce.POP3 = next.POP3
+	}
 	if l, err := parseLevel(next.Log.Level); err == nil {
 		level.Set(l)
+		inForce.Log.Level = next.Log.Level
 	}
-	if err := smtp.Reload(next.SMTP); err != nil {
-		log.Error("smtp reload", "err", err)
+	// The keys no part reported: those applied above, or fixed at start.
+	var own []string
+	for _, k := range confkit.Changed("", running, next) {
+		if !strings.HasPrefix(k, "smtp.") && !strings.HasPrefix(k, "pop3.") {
+			own = append(own, k)
+		}
 	}
-	if err := pop.Reload(next.POP3); err != nil {
-		log.Error("pop3 reload", "err", err)
+	reports = append(reports, confkit.NewReport(own, "data_dir", "hostname", "dns", "spool", "tls", "metrics", "watchdog", "autoconfig", "log.format"))
+	rep := confkit.Merge(reports...)
+	switch {
+	case len(rep.Restart) > 0:
+		log.Warn("config reloaded; some changes need a restart to take effect", "applied", rep.Applied(), "restart", rep.Restart)
+	case len(rep.Changed) > 0:
+		log.Info("config reloaded", "applied", rep.Applied())
+	default:
+		log.Info("config reloaded; nothing changed")
 	}
-	var restart []string
-	if old.DataDir != next.DataDir {
-		restart = append(restart, "data_dir")
-	}
-	if old.Hostname != next.Hostname {
-		restart = append(restart, "hostname (certificates)")
-	}
-	if strings.Join(old.SMTP.Listen, ",") != strings.Join(next.SMTP.Listen, ",") {
-		restart = append(restart, "smtp.listen")
-	}
-	if strings.Join(old.POP3.Listen, ",") != strings.Join(next.POP3.Listen, ",") || strings.Join(old.POP3.ListenTLS, ",") != strings.Join(next.POP3.ListenTLS, ",") {
-		restart = append(restart, "pop3.listen, pop3.listen_tls")
-	}
-	if fmt.Sprint(old.TLS) != fmt.Sprint(next.TLS) {
-		restart = append(restart, "[tls]")
-	}
-	if fmt.Sprint(old.Spool) != fmt.Sprint(next.Spool) {
-		restart = append(restart, "[spool]")
-	}
-	if old.DNS != next.DNS {
-		restart = append(restart, "[dns]")
-	}
-	if old.Log.Format != next.Log.Format {
-		restart = append(restart, "log.format")
-	}
-	if len(restart) > 0 {
-		log.Warn("config reloaded; these changes need a restart to take effect", "keys", strings.Join(restart, ", "))
-	} else {
-		log.Info("config reloaded")
-	}
+	return inForce
 }
 
 func newLogger(c LogConfig, level *slog.LevelVar, w io.Writer) *slog.Logger {

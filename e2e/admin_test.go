@@ -202,6 +202,10 @@ func TestSignals(t *testing.T) {
 	if !strings.Contains(s.proc.logs(), "smtp.listen") {
 		t.Fatalf("the log does not say smtp.listen needs a restart:\n%s", s.proc.logs())
 	}
+	// One reload, one line: the parts report, main says it once.
+	if n := strings.Count(s.proc.logs(), "need a restart"); n != 1 {
+		t.Fatalf("the restart warning is logged %d times, want once:\n%s", n, s.proc.logs())
+	}
 	if err := s.proc.stop(t, syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}

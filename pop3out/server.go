@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/postie/postie/internal/confkit"
 	"github.com/postie/postie/internal/metrics"
 	"github.com/postie/postie/internal/netserve"
 	"github.com/postie/postie/internal/penalty"
@@ -115,12 +116,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		log:        deps.Logger,
 		lastLogins: map[spool.Login]time.Time{},
 		base:       netserve.New(netserve.Config{Name: "pop3", MaxConnections: cfg.MaxConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP, Logger: deps.Logger}),
-		penalty: penalty.New(penalty.Config{
-			Base:   cfg.FailedLoginDelay.D(),
-			Max:    cfg.FailedLoginDelayMax.D(),
-			Forget: cfg.FailedLoginForget.D(),
-			Now:    deps.Now,
-		}),
+		penalty:    penalty.New(penaltyConfig(cfg, deps.Now)),
 	}
 	s.settings.Store(st)
 	if deps.TLS != nil {
@@ -208,28 +204,30 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // running when its context is done, for their goroutines to finish.
 const abortGrace = 5 * time.Second
 
-// Reload applies a new config to sessions that start from now on. The
-// listening addresses, the connection limits and the failed-login penalty
-// settings need a restart; Reload logs which of them changed.
-func (s *Server) Reload(cfg Config) error {
+// Reload applies a new config to sessions that start from now on, and the
+// failed-login delays at once (the failures remembered are kept). It
+// reports the [pop3] keys that changed; the listen addresses and the
+// connection limits are fixed at start and need a restart. On error
+// nothing changes.
+func (s *Server) Reload(cfg Config) (confkit.Report, error) {
 	st, err := newSettings(cfg)
 	if err != nil {
-		return err
+		return confkit.Report{}, err
 	}
 	old := s.settings.Swap(st)
-	var restart []string
-	if old.cfg.MaxConnections != cfg.MaxConnections || old.cfg.MaxConnectionsPerIP != cfg.MaxConnectionsPerIP {
-		restart = append(restart, "pop3.max_connections, pop3.max_connections_per_ip")
+	s.penalty.SetConfig(penaltyConfig(cfg, s.deps.Now))
+	return confkit.NewReport(confkit.Changed("pop3", old.cfg, cfg),
+		"pop3.listen", "pop3.listen_tls", "pop3.max_connections", "pop3.max_connections_per_ip"), nil
+}
+
+// penaltyConfig is the failed-login penalty of cfg.
+func penaltyConfig(cfg Config, now func() time.Time) penalty.Config {
+	return penalty.Config{
+		Base:   cfg.FailedLoginDelay.D(),
+		Max:    cfg.FailedLoginDelayMax.D(),
+		Forget: cfg.FailedLoginForget.D(),
+		Now:    now,
 	}
-	if old.cfg.FailedLoginDelay != cfg.FailedLoginDelay || old.cfg.FailedLoginDelayMax != cfg.FailedLoginDelayMax || old.cfg.FailedLoginForget != cfg.FailedLoginForget {
-		restart = append(restart, "pop3.failed_login_delay, failed_login_delay_max, failed_login_forget")
-	}
-	if len(restart) > 0 {
-		s.log.Warn("pop3 config reloaded; some changes need a restart", "keys", restart)
-	} else {
-		s.log.Info("pop3 config reloaded; new sessions use it")
-	}
-	return nil
 }
 
 // loginDelayLeft returns how long l must still wait before it may log in

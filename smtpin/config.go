@@ -1,11 +1,10 @@
 package smtpin
 
 import (
-	"errors"
-	"fmt"
 	"net"
 	"time"
 
+	"github.com/postie/postie/internal/confkit"
 	"github.com/postie/postie/internal/units"
 )
 
@@ -148,67 +147,52 @@ func DefaultConfig() Config {
 // Validate checks the owner's keys and returns every problem, each naming
 // its key.
 func (c *Config) Validate() error {
-	var errs []error
-	add := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("smtp.%s: "+format, append([]any{key}, args...)...))
-	}
+	p := confkit.Check("smtp")
 	if len(c.Listen) == 0 {
-		add("listen", "no addresses: give at least one, e.g. [\":25\"]")
+		p.Addf("listen", "no addresses: give at least one, e.g. [\":25\"]")
 	}
 	for _, a := range c.Listen {
 		if _, _, err := net.SplitHostPort(a); err != nil {
-			add("listen", "%q: want host:port, e.g. \":25\" or \"192.0.2.1:25\"", a)
+			p.Addf("listen", "%q: want host:port, e.g. \":25\" or \"192.0.2.1:25\"", a)
 		}
 	}
 	for _, z := range c.DNSBL {
 		if !validZone(z) {
-			add("dnsbl", "%q is not a DNS zone name (e.g. \"zen.spamhaus.org\")", z)
+			p.Addf("dnsbl", "%q is not a DNS zone name (e.g. \"zen.spamhaus.org\")", z)
 		}
 	}
 	if len(c.DNSBL) > 0 && c.DNSBLTimeout.D() <= 0 {
-		add("dnsbl_timeout", "must be more than 0s when dnsbl lists zones")
+		p.Addf("dnsbl_timeout", "must be more than 0s when dnsbl lists zones")
 	}
-	atLeast := func(key string, v, min int64, unit string) {
-		if v < min {
-			add(key, "%d is too small: at least %d%s", v, min, unit)
-		}
-	}
-	atLeast("max_message_size", c.MaxMessageSize.Bytes(), 64<<10, " bytes (64KiB)")
-	atLeast("max_header_size", c.MaxHeaderSize.Bytes(), 16<<10, " bytes (16KiB)")
+	p.AtLeast("max_message_size", c.MaxMessageSize.Bytes(), 64<<10, " bytes")
+	p.AtLeast("max_header_size", c.MaxHeaderSize.Bytes(), 16<<10, " bytes")
 	// RFC 5321 §4.5.3.1.8: at least 100 recipients must be accepted.
-	atLeast("max_recipients", int64(c.MaxRecipients), 100, " (RFC 5321 §4.5.3.1.8)")
+	p.AtLeast("max_recipients", int64(c.MaxRecipients), 100, "")
 	// RFC 5321 §4.5.3.1.6: text lines of 1000 octets with the CRLF.
-	atLeast("max_line_length", c.MaxLineLength.Bytes(), 1000, " bytes (RFC 5321 §4.5.3.1.6)")
-	if c.MaxLineLength > 1<<20 {
-		add("max_line_length", "%s is too large: at most 1MiB", c.MaxLineLength)
-	}
-	atLeast("max_connections", int64(c.MaxConnections), 1, "")
-	atLeast("max_connections_per_ip", int64(c.MaxConnectionsPerIP), 1, "")
+	p.AtLeast("max_line_length", c.MaxLineLength.Bytes(), 1000, " bytes")
+	p.AtMost("max_line_length", c.MaxLineLength.Bytes(), 1<<20, " bytes")
+	p.AtLeast("max_connections", int64(c.MaxConnections), 1, "")
+	p.AtLeast("max_connections_per_ip", int64(c.MaxConnectionsPerIP), 1, "")
 	if c.MaxConnectionsPerIP > c.MaxConnections && c.MaxConnections > 0 {
-		add("max_connections_per_ip", "%d is more than max_connections (%d)", c.MaxConnectionsPerIP, c.MaxConnections)
+		p.Addf("max_connections_per_ip", "%d is more than max_connections (%d)", c.MaxConnectionsPerIP, c.MaxConnections)
 	}
-	atLeast("max_commands", int64(c.MaxCommands), 10, "")
-	atLeast("max_errors", int64(c.MaxErrors), 1, "")
-	atLeast("max_unknown_recipients", int64(c.MaxUnknownRecipients), 1, "")
-	positive := func(key string, d units.Duration) {
-		if d.D() <= 0 {
-			add(key, "must be more than 0, e.g. \"30s\"")
-		}
-	}
-	positive("session_timeout", c.SessionTimeout)
-	positive("read_timeout", c.ReadTimeout)
-	positive("write_timeout", c.WriteTimeout)
-	positive("data_timeout", c.DataTimeout)
-	positive("checks.timeout", c.Checks.Timeout)
+	p.AtLeast("max_commands", int64(c.MaxCommands), 10, "")
+	p.AtLeast("max_errors", int64(c.MaxErrors), 1, "")
+	p.AtLeast("max_unknown_recipients", int64(c.MaxUnknownRecipients), 1, "")
+	p.Positive("session_timeout", c.SessionTimeout.D())
+	p.Positive("read_timeout", c.ReadTimeout.D())
+	p.Positive("write_timeout", c.WriteTimeout.D())
+	p.Positive("data_timeout", c.DataTimeout.D())
+	p.Positive("checks.timeout", c.Checks.Timeout.D())
 	if c.UnknownRecipientDelayMax.D() < c.UnknownRecipientDelay.D() {
-		add("unknown_recipient_delay_max", "%s is less than unknown_recipient_delay (%s)", c.UnknownRecipientDelayMax, c.UnknownRecipientDelay)
+		p.Addf("unknown_recipient_delay_max", "%s is less than unknown_recipient_delay (%s)", c.UnknownRecipientDelayMax, c.UnknownRecipientDelay)
 	}
 	if c.ReadTimeout.D() > c.SessionTimeout.D() && c.SessionTimeout.D() > 0 {
-		add("read_timeout", "%s is longer than session_timeout (%s)", c.ReadTimeout, c.SessionTimeout)
+		p.Addf("read_timeout", "%s is longer than session_timeout (%s)", c.ReadTimeout, c.SessionTimeout)
 	}
-	atLeast("min_data_rate", c.MinDataRate.Bytes(), 1, " bytes per second")
+	p.AtLeast("min_data_rate", c.MinDataRate.Bytes(), 1, " bytes per second")
 	if n := c.Checks.MaxDKIMSignatures; n < 1 || n > 50 {
-		add("checks.max_dkim_signatures", "%d: want 1 to 50", n)
+		p.Addf("checks.max_dkim_signatures", "%d: want 1 to 50", n)
 	}
-	return errors.Join(errs...)
+	return p.Err()
 }

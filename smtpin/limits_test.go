@@ -392,10 +392,10 @@ func TestUnknownRecipientPenalty(t *testing.T) {
 		c.expect("221 ", "QUIT")
 	}
 	key := connlimit.ClientKey(&net.TCPAddr{IP: net.ParseIP("127.0.0.1")}).String()
-	if n := e.srv.penaltyTable().Failures(key); n != 4 {
+	if n := e.srv.penalty.Failures(key); n != 4 {
 		t.Errorf("penalty failures for %s: %d, want 4", key, n)
 	}
-	if d := e.srv.penaltyTable().Delay(key); d != e.cfg.UnknownRecipientDelayMax.D() {
+	if d := e.srv.penalty.Delay(key); d != e.cfg.UnknownRecipientDelayMax.D() {
 		t.Errorf("delay after 4 failures: %v, want the maximum %v", d, e.cfg.UnknownRecipientDelayMax)
 	}
 	if got := e.logs.find("unknown recipient", "remote=127.0.0.1", "rcpt=probe2@example.test"); len(got) != 2 {

@@ -1,6 +1,7 @@
 package smtpin
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -17,10 +18,13 @@ func TestReload(t *testing.T) {
 	cfg.Aliases = map[string][]string{"hello@new.test": {bob}}
 	cfg.MaxRecipients = 150
 	cfg.Listen = []string{"127.0.0.1:2525"}
-	if err := e.srv.Reload(cfg); err != nil {
+	rep, err := e.srv.Reload(cfg)
+	if err != nil {
 		t.Fatalf("Reload: %v", err)
 	}
-	e.logs.waitFor(t, "need a restart", "smtp.listen")
+	if !slices.Equal(rep.Changed, []string{"smtp.listen", "smtp.max_recipients"}) || !slices.Equal(rep.Restart, []string{"smtp.listen"}) {
+		t.Errorf("report: %+v, want max_recipients and listen changed, listen needing a restart", rep)
+	}
 
 	old.expect("250 ", "MAIL FROM:<a@sender.example>")
 	old.expect("550 5.7.1 ", "RCPT TO:<hello@new.test>")
@@ -46,7 +50,7 @@ func TestReload(t *testing.T) {
 
 	bad := cfg
 	bad.MaxRecipients = 5
-	if err := e.srv.Reload(bad); err == nil || !strings.Contains(err.Error(), "smtp.max_recipients") {
+	if _, err := e.srv.Reload(bad); err == nil || !strings.Contains(err.Error(), "smtp.max_recipients") {
 		t.Errorf("Reload of a bad config: %v", err)
 	}
 	again := e.dial()

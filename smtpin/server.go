@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postie/postie/internal/confkit"
 	"github.com/postie/postie/internal/metrics"
 	"github.com/postie/postie/internal/netserve"
 	"github.com/postie/postie/internal/penalty"
@@ -83,7 +83,9 @@ type Server struct {
 	reloadMu sync.Mutex // one Reload at a time
 	mu       sync.Mutex
 	gen      *generation // the configuration new connections get
-	penalty  *penalty.Table
+	// penalty slows down clients that probe for addresses; Reload changes
+	// its delays, never its memory of failures.
+	penalty *penalty.Table
 }
 
 // copyBufSize is the unit the message body is copied in.
@@ -138,7 +140,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	s.gen = g
-	s.penalty = newPenalty(cfg)
+	s.penalty = penalty.New(penaltyConfig(cfg))
 	return s, nil
 }
 
@@ -154,8 +156,8 @@ func checkConfig(cfg *Config) error {
 	return err
 }
 
-func newPenalty(cfg Config) *penalty.Table {
-	return penalty.New(penalty.Config{Base: cfg.UnknownRecipientDelay.D(), Max: cfg.UnknownRecipientDelayMax.D()})
+func penaltyConfig(cfg Config) penalty.Config {
+	return penalty.Config{Base: cfg.UnknownRecipientDelay.D(), Max: cfg.UnknownRecipientDelayMax.D()}
 }
 
 func (s *Server) newGeneration(cfg Config) (*generation, error) {
@@ -294,59 +296,34 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Reload applies cfg to sessions that start from now on: domains, aliases,
-// the separator, limits, timeouts and the check policy. Sessions in
-// flight keep the configuration they started with. The listen addresses
-// and the connection limits need a restart; Reload logs them if they
-// changed.
-func (s *Server) Reload(cfg Config) error {
+// the separator, the postmaster, limits, timeouts, the unknown-recipient
+// delays and the check policy. Sessions in flight keep the configuration
+// they started with. It reports the [smtp] keys that changed; the listen
+// addresses and the connection limits are fixed at start and need a
+// restart. On error nothing changes.
+func (s *Server) Reload(cfg Config) (confkit.Report, error) {
 	if err := checkConfig(&cfg); err != nil {
-		return err
+		return confkit.Report{}, err
 	}
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
-	s.mu.Lock()
 	if s.base.Closing() {
-		s.mu.Unlock()
-		return errors.New("smtp: reload during shutdown")
+		return confkit.Report{}, errors.New("smtp: reload during shutdown")
 	}
-	old := s.gen
-	s.mu.Unlock()
+	old := s.current()
 	g, err := s.newGeneration(cfg)
 	if err != nil {
-		return err
+		return confkit.Report{}, err
 	}
 	s.mu.Lock()
 	s.gen = g
-	if old.cfg.UnknownRecipientDelay != cfg.UnknownRecipientDelay || old.cfg.UnknownRecipientDelayMax != cfg.UnknownRecipientDelayMax {
-		s.penalty = newPenalty(cfg)
-	}
 	s.mu.Unlock()
+	s.penalty.SetConfig(penaltyConfig(cfg))
 	// The old generation takes no new connections; its sessions go on.
 	old.plainL.Close()
 	old.secureL.Close()
-
-	var restart []string
-	if !slices.Equal(old.cfg.Listen, cfg.Listen) {
-		restart = append(restart, "smtp.listen")
-	}
-	if old.cfg.MaxConnections != cfg.MaxConnections {
-		restart = append(restart, "smtp.max_connections")
-	}
-	if old.cfg.MaxConnectionsPerIP != cfg.MaxConnectionsPerIP {
-		restart = append(restart, "smtp.max_connections_per_ip")
-	}
-	if len(restart) > 0 {
-		s.log.Warn("smtp reloaded; these changes need a restart", "keys", strings.Join(restart, ", "))
-	} else {
-		s.log.Info("smtp reloaded", "domains", cfg.Domains)
-	}
-	return nil
-}
-
-func (s *Server) penaltyTable() *penalty.Table {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.penalty
+	return confkit.NewReport(confkit.Changed("smtp", old.cfg, cfg),
+		"smtp.listen", "smtp.max_connections", "smtp.max_connections_per_ip"), nil
 }
 
 // libraryLog passes go-smtp's error log to slog. go-smtp recovers from a

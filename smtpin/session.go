@@ -154,7 +154,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 // in one session end it: that is what probing for addresses looks like.
 func (s *session) unknownRecipient(to string) error {
 	key := connlimit.ClientKey(s.c.RemoteAddr()).String()
-	table := s.s.penaltyTable()
+	table := s.s.penalty
 	table.Fail(key)
 	n := int(s.c.unknown.Add(1))
 	s.c.log.Info("unknown recipient", "rcpt", to, "count", n)

@@ -40,6 +40,21 @@ type Config struct {
 
 // New makes a Table.
 func New(c Config) *Table {
+	c = c.withDefaults()
+	return &Table{base: c.Base, max: c.Max, forget: c.Forget, maxKeys: c.MaxKeys, now: c.Now, keys: map[string]*entry{}}
+}
+
+// SetConfig changes the delays, the forget time and the bound of a table in
+// use (a config reload), keeping the failures it remembers: a reload must
+// not forgive a peer that was guessing.
+func (t *Table) SetConfig(c Config) {
+	c = c.withDefaults()
+	t.mu.Lock()
+	t.base, t.max, t.forget, t.maxKeys, t.now = c.Base, c.Max, c.Forget, c.MaxKeys, c.Now
+	t.mu.Unlock()
+}
+
+func (c Config) withDefaults() Config {
 	if c.Base <= 0 {
 		c.Base = time.Second
 	}
@@ -58,7 +73,7 @@ func New(c Config) *Table {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	return &Table{base: c.Base, max: c.Max, forget: c.Forget, maxKeys: c.MaxKeys, now: c.Now, keys: map[string]*entry{}}
+	return c
 }
 
 // Failures returns the failures remembered for key.

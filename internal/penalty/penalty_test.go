@@ -54,3 +54,22 @@ func TestBoundedKeys(t *testing.T) {
 		t.Fatal("newest key evicted")
 	}
 }
+
+// TestSetConfig: a reload changes the delays but keeps the failures.
+func TestSetConfig(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	tb := New(Config{Base: time.Second, Max: 15 * time.Second, Now: c.now})
+	for range 3 {
+		tb.Fail("ip:192.0.2.1")
+	}
+	if got := tb.Delay("ip:192.0.2.1"); got != 4*time.Second {
+		t.Fatalf("before: %v", got)
+	}
+	tb.SetConfig(Config{Base: 2 * time.Second, Max: 6 * time.Second, Now: c.now})
+	if got := tb.Delay("ip:192.0.2.1"); got != 6*time.Second {
+		t.Errorf("after SetConfig: %v, want 6s (3 failures from 2s, capped at the new max)", got)
+	}
+	if tb.Failures("ip:192.0.2.1") != 3 {
+		t.Errorf("SetConfig forgot the failures")
+	}
+}
