@@ -1,13 +1,9 @@
 package smtpin
 
 import (
-	"bufio"
-	"crypto/tls"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,26 +11,19 @@ import (
 
 	"github.com/miekg/dns"
 	toml "github.com/pelletier/go-toml/v2"
+
+	"github.com/postie/postie/internal/testutil"
 )
 
 // TestTranscripts plays every testdata/transcripts/*.txt over a real
-// socket against a fresh server. The syntax is in docs/transcripts.md:
+// socket against a fresh server, with the shared harness
+// (testutil.Transcript; the syntax is in docs/transcripts.md). Before the
+// dialogue, these lines set up the server:
 //
-//	C: EHLO client.example      send a line (CRLF added)
-//	C! "DATA\r\n.\n"            send raw bytes (a Go string literal)
-//	S: 250 2.0.0 Continue       expect this exact line
-//	S~ 250                      expect a line starting with this
-//	S* 250                      expect a multi-line reply whose last line starts so
-//	-- starttls                 do the client side of a TLS handshake
-//	-- closed                   expect the server to close the connection
-//	# a comment
-//
-// and, before the dialogue, lines that set up the server:
-//
-//	! config max_errors = 3     a line of TOML for the [smtp] table
-//	! dns name TYPE value       a record in the DNS server
-//	! dnsfail name              SERVFAIL for a name
-//	! tls off                   no certificate yet: no STARTTLS
+//	! config max_errors = 3         a line of TOML for the [smtp] table
+//	! dns NAME TYPE VALUE           a record in the DNS server
+//	! dnsfail NAME                  SERVFAIL for a name
+//	! tls notready                  no certificate yet: no STARTTLS
 //	! expect alice@example.test 1   the account has that many messages after
 //
 // A NAME.verify file beside NAME.txt, if present, must equal the messages
@@ -42,68 +31,46 @@ import (
 // #n" line, with this server's trace fields (Return-Path,
 // Authentication-Results, Received) taken off and CRLF shown as "\n".
 func TestTranscripts(t *testing.T) {
-	files, err := filepath.Glob("testdata/transcripts/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no transcripts: %v", err)
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
-			t.Parallel()
-			runTranscript(t, f)
-		})
-	}
+	testutil.RunTranscripts(t, "testdata/transcripts/*.txt", runTranscript)
 }
 
-func runTranscript(t *testing.T, path string) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
-
-	var setup []string
-	i := 0
-	for ; i < len(lines); i++ {
-		if strings.HasPrefix(lines[i], "! ") {
-			setup = append(setup, lines[i][2:])
-		} else if lines[i] != "" && !strings.HasPrefix(lines[i], "#") {
-			break
-		}
-	}
+func runTranscript(t *testing.T, tr *testutil.Transcript) {
 	var tomlLines []string
 	var records [][3]string
 	var fails []string
-	tlsOff := false
+	tlsReady := true
 	expect := map[string]int{}
-	for _, s := range setup {
-		verb, rest, _ := strings.Cut(s, " ")
-		switch verb {
+	for _, s := range tr.Setup {
+		switch s.Verb {
 		case "config":
-			tomlLines = append(tomlLines, rest)
+			tomlLines = append(tomlLines, s.Rest)
 		case "dns":
-			f := strings.SplitN(rest, " ", 3)
+			f := strings.SplitN(s.Rest, " ", 3)
 			if len(f) != 3 {
-				t.Fatalf("bad dns line %q", s)
+				tr.Fatalf(t, s.No, "! dns NAME TYPE VALUE")
 			}
 			records = append(records, [3]string{f[0], f[1], f[2]})
 		case "dnsfail":
-			fails = append(fails, rest)
+			fails = append(fails, s.Rest)
 		case "tls":
-			tlsOff = rest == "off"
+			if s.Rest != "notready" {
+				tr.Fatalf(t, s.No, "! tls notready is the only TLS setting here")
+			}
+			tlsReady = false
 		case "expect":
-			acct, n, _ := strings.Cut(rest, " ")
+			acct, n, _ := strings.Cut(s.Rest, " ")
 			v, err := strconv.Atoi(n)
 			if err != nil {
-				t.Fatalf("bad expect line %q", s)
+				tr.Fatalf(t, s.No, "! expect ADDRESS COUNT")
 			}
 			expect[acct] = v
 		default:
-			t.Fatalf("unknown setup line %q", s)
+			tr.Fatalf(t, s.No, "unknown setup line ! %s", s.Verb)
 		}
 	}
 	e := newEnv(t, withConfig(func(c *Config) {
 		if err := toml.Unmarshal([]byte(strings.Join(tomlLines, "\n")), c); err != nil {
-			t.Fatalf("config lines: %v", err)
+			t.Fatalf("%s: config lines: %v", tr.Path, err)
 		}
 	}))
 	for _, r := range records {
@@ -112,99 +79,19 @@ func runTranscript(t *testing.T, path string) {
 	for _, n := range fails {
 		e.dns.Fail(n, dns.RcodeServerFailure)
 	}
-	e.tlsReady.set(!tlsOff)
+	e.tlsReady.set(tlsReady)
 
-	conn, err := net.DialTimeout("tcp", e.addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	var c net.Conn = conn
-	r := bufio.NewReader(c)
-	var dialogue strings.Builder
-	fail := func(lineNo int, format string, args ...any) {
-		t.Helper()
-		t.Fatalf("%s:%d: %s\ndialogue so far:\n%s", path, lineNo+1, fmt.Sprintf(format, args...), dialogue.String())
-	}
-	readLine := func(n int) string {
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		s, err := r.ReadString('\n')
-		if err != nil {
-			fail(n, "reading: %v (got %q)", err, s)
-		}
-		s = strings.TrimSuffix(s, "\r\n")
-		fmt.Fprintf(&dialogue, "S: %s\n", s)
-		return s
-	}
-	write := func(n int, s string) {
-		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.WriteString(c, s); err != nil {
-			fail(n, "writing: %v", err)
-		}
-	}
-	for n := i; n < len(lines); n++ {
-		line := lines[n]
-		switch {
-		case line == "" || strings.HasPrefix(line, "#"):
-		case line == "C:" || strings.HasPrefix(line, "C: "):
-			fmt.Fprintf(&dialogue, "%s\n", line)
-			write(n, strings.TrimPrefix(line[2:], " ")+"\r\n")
-		case strings.HasPrefix(line, "C! "):
-			s, err := strconv.Unquote(line[3:])
-			if err != nil {
-				fail(n, "bad C! string: %v", err)
-			}
-			fmt.Fprintf(&dialogue, "%s\n", line)
-			write(n, s)
-		case strings.HasPrefix(line, "S: "):
-			if got := readLine(n); got != line[3:] {
-				fail(n, "got %q, want %q", got, line[3:])
-			}
-		case strings.HasPrefix(line, "S~ "):
-			if got := readLine(n); !strings.HasPrefix(got, line[3:]) {
-				fail(n, "got %q, want it to start with %q", got, line[3:])
-			}
-		case strings.HasPrefix(line, "S* "):
-			got := readLine(n)
-			for len(got) >= 4 && got[3] == '-' {
-				got = readLine(n)
-			}
-			if !strings.HasPrefix(got, line[3:]) {
-				fail(n, "got %q, want a reply ending in a line that starts with %q", got, line[3:])
-			}
-		case line == "-- starttls":
-			if r.Buffered() > 0 {
-				fail(n, "%d bytes of plaintext after the STARTTLS reply", r.Buffered())
-			}
-			tc := tls.Client(conn, e.ca.ClientConfig(testHost))
-			tc.SetDeadline(time.Now().Add(10 * time.Second))
-			if err := tc.Handshake(); err != nil {
-				fail(n, "TLS handshake: %v", err)
-			}
-			fmt.Fprintf(&dialogue, "-- TLS %s\n", tls.VersionName(tc.ConnectionState().Version))
-			c, r = tc, bufio.NewReader(tc)
-		case line == "-- closed":
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			rest, err := io.ReadAll(r)
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				fail(n, "the server did not close the connection")
-			}
-			if len(rest) > 0 {
-				fail(n, "got %q before the close", rest)
-			}
-			dialogue.WriteString("-- closed\n")
-		default:
-			fail(n, "unknown transcript line %q", line)
-		}
-	}
-	c.Close()
+	tr.Play(t, testutil.Player{
+		Dial: func() (net.Conn, error) { return net.DialTimeout("tcp", e.addr, 5*time.Second) },
+		TLS:  e.ca.ClientConfig(testHost),
+	})
 
 	for acct, want := range expect {
 		if got := len(e.messages(acct)); got != want {
 			t.Errorf("%s has %d messages, want %d", acct, got, want)
 		}
 	}
-	verifyPath := strings.TrimSuffix(path, ".txt") + ".verify"
+	verifyPath := strings.TrimSuffix(tr.Path, ".txt") + ".verify"
 	if want, err := os.ReadFile(verifyPath); err == nil {
 		var got strings.Builder
 		for _, acct := range []string{alice, bob} {
