@@ -19,7 +19,7 @@ import (
 // OpenSSL over POP3 STLS.
 func TestACMECertificateOnTheMailPorts(t *testing.T) {
 	for _, p := range []string{"curl", "swaks", "openssl"} {
-		tool(t, p)
+		testutil.Tool(t, p)
 	}
 	dir := t.TempDir()
 	dns := testutil.NewDNSServer(t)
@@ -69,8 +69,8 @@ https_listen = ""
 
 	// POP3S: curl checks the chain and the name (--resolve keeps the name).
 	list := run(t, dir, nil, nil, "curl", "--silent", "--show-error", "--max-time", "20", "--cacert", root,
-		"--resolve", fmt.Sprintf("%s:%s:127.0.0.1", hostname, port(pop3s)),
-		"--user", "alice@"+domain+":"+password, fmt.Sprintf("pop3s://%s:%s/", hostname, port(pop3s)))
+		"--resolve", fmt.Sprintf("%s:%s:127.0.0.1", hostname, testutil.Port(pop3s)),
+		"--user", "alice@"+domain+":"+password, fmt.Sprintf("pop3s://%s:%s/", hostname, testutil.Port(pop3s)))
 	if strings.TrimSpace(list) != "" { // curl prints an empty listing as a bare CRLF
 		t.Fatalf("LIST of an empty mailbox: %q", list)
 	}

@@ -14,20 +14,22 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/postie/postie/internal/testutil"
 )
 
 // curlPOP3 runs curl against the server's POP3S port and returns stdout.
 func (s *server) curlPOP3(t *testing.T, user, pass, path string, extra ...string) string {
 	t.Helper()
 	args := append([]string{"--silent", "--show-error", "--max-time", "30", "--cacert", s.caFile,
-		"--user", user + ":" + pass, fmt.Sprintf("pop3s://127.0.0.1:%s/%s", port(s.pop3s), path)}, extra...)
+		"--user", user + ":" + pass, fmt.Sprintf("pop3s://127.0.0.1:%s/%s", testutil.Port(s.pop3s), path)}, extra...)
 	return run(t, s.dir, nil, nil, "curl", args...)
 }
 
 // curlFails reports whether a curl POP3S login fails.
 func (s *server) curlFails(user, pass string) bool {
 	cmd := exec.Command("curl", "--silent", "--max-time", "30", "--cacert", s.caFile, "--user", user+":"+pass,
-		fmt.Sprintf("pop3s://127.0.0.1:%s/", port(s.pop3s)))
+		fmt.Sprintf("pop3s://127.0.0.1:%s/", testutil.Port(s.pop3s)))
 	return cmd.Run() != nil
 }
 
@@ -44,8 +46,8 @@ func (s *server) sendMail(t *testing.T, to, subject string) {
 // server and checks that each change takes effect at once, without a
 // restart; then backup, export and restore from the command line.
 func TestAdminCommandsWhileServing(t *testing.T) {
-	tool(t, "curl")
-	tool(t, "swaks")
+	testutil.Tool(t, "curl")
+	testutil.Tool(t, "swaks")
 	s := newServer(t, serverOptions{extra: "[spool]\nretention = \"1h\"\n"})
 	alice := "alice@" + domain
 
@@ -171,7 +173,7 @@ func TestSecondServeFailsAtOnce(t *testing.T) {
 // TestSignals: SIGHUP reloads the aliases without a restart and says what
 // needs one; SIGTERM stops cleanly.
 func TestSignals(t *testing.T) {
-	tool(t, "swaks")
+	testutil.Tool(t, "swaks")
 	s := newServer(t, serverOptions{})
 	s.addUser(t, "alice@"+domain)
 	// No alias yet: unknown user.
@@ -262,7 +264,7 @@ func TestSecondSignalStopsAtOnce(t *testing.T) {
 // and checks that serve refuses it with a clear message, and that verify
 // names the problem.
 func TestServeRefusesADamagedSpool(t *testing.T) {
-	tool(t, "swaks")
+	testutil.Tool(t, "swaks")
 	s := newServer(t, serverOptions{})
 	s.addUser(t, "alice@"+domain)
 	s.sendMail(t, "alice@"+domain, "soon damaged")
@@ -296,7 +298,7 @@ func TestServeRefusesADamagedSpool(t *testing.T) {
 // temporary 452 4.2.2 (the sender keeps it and retries), mail within it
 // is delivered.
 func TestQuotaFromTheCommandLine(t *testing.T) {
-	tool(t, "swaks")
+	testutil.Tool(t, "swaks")
 	s := newServer(t, serverOptions{})
 	alice := "alice@" + domain
 	s.addUser(t, alice)

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/postie/postie/internal/testutil"
 )
 
 // devicePassword adds a device with "postie device add" and returns the
@@ -39,7 +41,7 @@ func subjects(msgs [][]byte) []string {
 // only when both have deleted it; a revoked device can no longer log in.
 func TestTwoDevicesWithRealClients(t *testing.T) {
 	for _, p := range []string{"swaks", "fetchmail", "mpop"} {
-		tool(t, p)
+		testutil.Tool(t, p)
 	}
 	s := newServer(t, serverOptions{})
 	alice := "alice@" + domain
@@ -116,7 +118,7 @@ func (s *server) stored(t *testing.T, addr string) int {
 // own view; a message leaves the spool exactly when the last device that
 // wants it deletes it; the account password behaves as before.
 func TestThreeDevicesOverSockets(t *testing.T) {
-	tool(t, "swaks")
+	testutil.Tool(t, "swaks")
 	s := newServer(t, serverOptions{})
 	alice := "alice@" + domain
 	s.addUser(t, alice)

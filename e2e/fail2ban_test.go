@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/postie/postie/internal/testutil"
 )
 
 // TestFail2banFilterOnRealLogLines makes a real server log failed POP3
@@ -15,9 +17,9 @@ import (
 // filter in contrib/fail2ban over that log: every failure must match, with
 // the client's address, and nothing else may. In text and in JSON.
 func TestFail2banFilterOnRealLogLines(t *testing.T) {
-	regex := tool(t, "fail2ban-regex")
-	tool(t, "swaks")
-	tool(t, "curl")
+	regex := testutil.Tool(t, "fail2ban-regex")
+	testutil.Tool(t, "swaks")
+	testutil.Tool(t, "curl")
 	filter, err := filepath.Abs("../contrib/fail2ban/filter.d/postie.conf")
 	if err != nil {
 		t.Fatal(err)

@@ -48,33 +48,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// tool returns the path of a program the test needs, failing the test (not
-// skipping it) when it is missing.
-func tool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s is not installed; .ci/run installs it (apt-get install): %v", name, err)
-	}
-	return p
-}
-
-// run runs a program with a time limit and returns its stdout; a failure
-// fails the test with both outputs.
+// run is testutil.Run with the output as a string.
 func run(t testing.TB, dir string, env []string, stdin io.Reader, name string, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, tool(t, name), args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdin = stdin
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", name, strings.Join(args, " "), err, stdout.String(), stderr.String())
-	}
-	return stdout.String()
+	return string(testutil.Run(t, dir, env, stdin, name, args...))
 }
 
 // waitPort waits until something accepts connections on addr.
@@ -319,11 +296,6 @@ func (s *server) scrape(t testing.TB) map[string]string {
 		}
 	}
 	return m
-}
-
-func port(addr string) string {
-	_, p, _ := net.SplitHostPort(addr)
-	return p
 }
 
 // runErr runs a program and returns its error, for checks that expect a

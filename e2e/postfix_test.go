@@ -31,7 +31,7 @@ type postfix struct {
 // example.test to Postie's SMTP address over opportunistic STARTTLS.
 func startPostfix(t *testing.T, dir, postieSMTP string) *postfix {
 	t.Helper()
-	bin := tool(t, "postfix")
+	bin := testutil.Tool(t, "postfix")
 	if _, err := user.Lookup("postfix"); err != nil {
 		t.Fatalf("the postfix user is missing (the postfix package makes it): %v", err)
 	}
@@ -107,7 +107,7 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 `, pf.smtp)
-	transport := fmt.Sprintf("%s smtp:[127.0.0.1]:%s\n", domain, port(postieSMTP))
+	transport := fmt.Sprintf("%s smtp:[127.0.0.1]:%s\n", domain, testutil.Port(postieSMTP))
 	for name, content := range map[string]string{"main.cf": main, "master.cf": master, "transport": transport} {
 		if err := os.WriteFile(filepath.Join(conf, name), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
@@ -151,7 +151,7 @@ func dkimKey(t *testing.T, dir string) (keyFile, record string) {
 // below them. The metrics scraped before and after must have moved.
 func TestPostfixDKIMToRealClients(t *testing.T) {
 	for _, p := range []string{"swaks", "dkimsign", "fetchmail", "getmail", "mpop", "curl"} {
-		tool(t, p)
+		testutil.Tool(t, p)
 	}
 	s := newServer(t, serverOptions{})
 	accounts := []string{"alice@" + domain, "bob@" + domain, "carol@" + domain}
@@ -268,16 +268,16 @@ poll 127.0.0.1 with proto POP3 port %s
   user "%s" there with password "%s"
   options ssl sslcertck sslcommonname "%s" sslcertfile "%s" fetchall no keep no rewrite no stripcr
   mda "%s"
-`, port(s.pop3s), addr, pass, hostname, s.caFile, mda)
+`, testutil.Port(s.pop3s), addr, pass, hostname, s.caFile, mda)
 	rcFile := filepath.Join(dir, "fetchmailrc")
 	os.WriteFile(rcFile, []byte(rc), 0o600)
 	// fetchmail exits 1 when there is no mail: that is an answer here.
-	cmd := exec.Command(tool(t, "fetchmail"), "--fetchmailrc", rcFile, "--nodetach", "--nosyslog")
+	cmd := exec.Command(testutil.Tool(t, "fetchmail"), "--fetchmailrc", rcFile, "--nodetach", "--nosyslog")
 	cmd.Dir, cmd.Env = dir, append(os.Environ(), "HOME="+dir, "FETCHMAILHOME="+dir)
 	if outb, err := cmd.CombinedOutput(); err != nil && !strings.Contains(string(outb), "No mail for") {
 		t.Fatalf("fetchmail: %v\n%s", err, outb)
 	}
-	return files(out)
+	return testutil.ReadFiles(t, out)
 }
 
 // getmail fetches addr's mail into a Maildir over POP3S and deletes it.
@@ -321,11 +321,11 @@ delete = true
 read_all = true
 delivered_to = false
 received = false
-`, port(s.pop3s), addr, pass, s.caFile, md, asUser)
+`, testutil.Port(s.pop3s), addr, pass, s.caFile, md, asUser)
 	rcFile := filepath.Join(dir, "getmailrc")
 	os.WriteFile(rcFile, []byte(rc), 0o600)
 	run(t, dir, []string{"HOME=" + dir}, nil, "getmail", "--getmaildir", dir, "--rcfile", rcFile, "--quiet")
-	return files(md)
+	return testutil.ReadFiles(t, md)
 }
 
 // mpop fetches addr's mail over the plaintext port with STLS into a
@@ -358,24 +358,11 @@ delivery maildir %s
 keep off
 received_header off
 uidls_file %s
-`, port(s.pop3), addr, pass, s.caFile, hostname, md, filepath.Join(dir, "uidls"))
+`, testutil.Port(s.pop3), addr, pass, s.caFile, hostname, md, filepath.Join(dir, "uidls"))
 	cfgFile := filepath.Join(dir, "mpoprc")
 	os.WriteFile(cfgFile, []byte(cfg), 0o600)
 	run(t, dir, []string{"HOME=" + dir}, nil, "mpop", "--file="+cfgFile, "--quiet", "postie")
-	return files(md)
-}
-
-// files returns the contents of the regular files under dir.
-func files(dir string) [][]byte {
-	var out [][]byte
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
-			b, _ := os.ReadFile(p)
-			out = append(out, b)
-		}
-		return nil
-	})
-	return out
+	return testutil.ReadFiles(t, md)
 }
 
 // onlyOne returns the one message a client stored.

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/postie/postie/internal/testutil"
 )
 
 // readmeCommand returns the command README.md gives under a heading.
@@ -42,8 +44,8 @@ func TestQuickStartAsTheREADMESays(t *testing.T) {
 	if cmd != "go run . local" {
 		t.Fatalf("README.md's quick start is %q; this test runs \"go run . local\"", cmd)
 	}
-	tool(t, "swaks")
-	tool(t, "curl")
+	testutil.Tool(t, "swaks")
+	testutil.Tool(t, "curl")
 	dir := t.TempDir()
 	p := start(t, dir, "local")
 	waitPort(t, "127.0.0.1:2525", p)

@@ -3,14 +3,13 @@ package pop3out
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/postie/postie/internal/testutil"
 )
 
 // Tests with the real POP3 clients the owner may use (Debian packages,
@@ -41,41 +40,6 @@ func newClientEnv(t *testing.T) (*env, string) {
 		t.Fatal(err)
 	}
 	return e, dir
-}
-
-func port(addr string) string {
-	_, p, _ := net.SplitHostPort(addr)
-	return p
-}
-
-// tool returns the path of a client program, failing the test if it is
-// not installed (never a skip: CI installs it).
-func tool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s is not installed (apt-get install %s; .ci/run installs it): %v", name, name, err)
-	}
-	return p
-}
-
-// run runs a client and fails the test with its output if it fails.
-func run(t *testing.T, dir string, env []string, name string, args ...string) []byte {
-	t.Helper()
-	cmd := exec.Command(tool(t, name), args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	done := make(chan struct{})
-	timer := time.AfterFunc(2*time.Minute, func() { cmd.Process.Kill() })
-	defer timer.Stop()
-	out, err := cmd.Output()
-	close(done)
-	if err != nil {
-		t.Fatalf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", name, strings.Join(args, " "), err, out, stderr.String())
-	}
-	return out
 }
 
 // sameMessages compares what a client stored with what was delivered, as
@@ -116,36 +80,18 @@ func headerEnded(msgs [][]byte) [][]byte {
 	return msgs
 }
 
-// readDir returns the contents of every regular file under dir.
-func readDir(t *testing.T, dir string) [][]byte {
-	t.Helper()
-	var out [][]byte
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		out = append(out, b)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 func TestClientCurl(t *testing.T) {
 	t.Parallel()
 	e, dir := newClientEnv(t)
 	want := clientMessages()
 	user := alice + ":" + password
 	for _, base := range []string{
-		"pop3://127.0.0.1:" + port(e.addr),
-		"pop3s://127.0.0.1:" + port(e.tlsAddr),
+		"pop3://127.0.0.1:" + testutil.Port(e.addr),
+		"pop3s://127.0.0.1:" + testutil.Port(e.tlsAddr),
 	} {
 		common := []string{"--silent", "--show-error", "--max-time", "60", "--cacert", filepath.Join(dir, "ca.pem"), "--user", user}
 		// LIST
-		list := run(t, dir, nil, "curl", append(common, base+"/")...)
+		list := testutil.Run(t, dir, nil, nil, "curl", append(common, base+"/")...)
 		var wantList strings.Builder
 		for i, m := range want {
 			fmt.Fprintf(&wantList, "%d %d\r\n", i+1, len(m))
@@ -156,13 +102,13 @@ func TestClientCurl(t *testing.T) {
 		// RETR, each message
 		var got [][]byte
 		for i := range want {
-			got = append(got, run(t, dir, nil, "curl", append(common, fmt.Sprintf("%s/%d", base, i+1))...))
+			got = append(got, testutil.Run(t, dir, nil, nil, "curl", append(common, fmt.Sprintf("%s/%d", base, i+1))...))
 		}
 		sameMessages(t, "curl "+base, got, want, false)
 	}
 	// DELE (curl sends QUIT afterwards, so it is applied).
-	base := "pop3s://127.0.0.1:" + port(e.tlsAddr)
-	run(t, dir, nil, "curl", "--silent", "--show-error", "--cacert", filepath.Join(dir, "ca.pem"), "--user", user, "--request", "DELE", "--head", base+"/1")
+	base := "pop3s://127.0.0.1:" + testutil.Port(e.tlsAddr)
+	testutil.Run(t, dir, nil, nil, "curl", "--silent", "--show-error", "--cacert", filepath.Join(dir, "ca.pem"), "--user", user, "--request", "DELE", "--head", base+"/1")
 	left := e.messages(alice)
 	sameMessages(t, "spool after curl DELE", left, want[1:], false)
 }
@@ -187,15 +133,15 @@ poll 127.0.0.1 with proto POP3 port %s
   user "%s" there with password "%s"
   options ssl sslcertck sslcommonname "%s" sslcertfile "%s" fetchall no keep no rewrite no stripcr
   mda "%s"
-`, port(e.tlsAddr), alice, password, tlsName, filepath.Join(dir, "ca.pem"), mda)
+`, testutil.Port(e.tlsAddr), alice, password, tlsName, filepath.Join(dir, "ca.pem"), mda)
 	rcFile := filepath.Join(dir, "fetchmailrc")
 	if err := os.WriteFile(rcFile, []byte(rc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	run(t, dir, []string{"HOME=" + dir, "FETCHMAILHOME=" + dir}, "fetchmail", "--fetchmailrc", rcFile, "--nodetach", "--nosyslog", "--verbose")
+	testutil.Run(t, dir, []string{"HOME=" + dir, "FETCHMAILHOME=" + dir}, nil, "fetchmail", "--fetchmailrc", rcFile, "--nodetach", "--nosyslog", "--verbose")
 	// fetchmail, like getmail, completes a header-only message with the
 	// empty line that ends a header section.
-	sameMessages(t, "fetchmail", readDir(t, out), headerEnded(clientMessages()), false)
+	sameMessages(t, "fetchmail", testutil.ReadFiles(t, out), headerEnded(clientMessages()), false)
 	if n := len(e.messages(alice)); n != 0 {
 		t.Fatalf("%d messages left on the server after fetchmail, want 0", n)
 	}
@@ -225,7 +171,7 @@ auth user
 delivery maildir %s
 received_header off
 uidls_file %s
-`, port(e.addr), alice, password, filepath.Join(dir, "ca.pem"), maildir, filepath.Join(dir, "uidls"))
+`, testutil.Port(e.addr), alice, password, filepath.Join(dir, "ca.pem"), maildir, filepath.Join(dir, "uidls"))
 	cfgFile := filepath.Join(dir, "mpoprc")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -234,8 +180,8 @@ uidls_file %s
 	// second run fetches nothing (docs/durability.md, UIDs and UIDLs). Then once more
 	// deleting what was fetched.
 	for _, keep := range []string{"--keep=on", "--keep=on", "--keep=off"} {
-		run(t, dir, []string{"HOME=" + dir}, "mpop", "--file="+cfgFile, "--quiet", keep, "postie")
-		sameMessages(t, "mpop "+keep, readDir(t, maildir), clientMessages(), true)
+		testutil.Run(t, dir, []string{"HOME=" + dir}, nil, "mpop", "--file="+cfgFile, "--quiet", keep, "postie")
+		sameMessages(t, "mpop "+keep, testutil.ReadFiles(t, maildir), clientMessages(), true)
 	}
 	if n := len(e.messages(alice)); n != 0 {
 		t.Fatalf("%d messages left on the server after mpop, want 0", n)
@@ -290,15 +236,15 @@ delete = true
 received = false
 delivered_to = false
 verbose = 0
-`, port(e.tlsAddr), alice, password, filepath.Join(dir, "ca.pem"), maildir, asUser)
+`, testutil.Port(e.tlsAddr), alice, password, filepath.Join(dir, "ca.pem"), maildir, asUser)
 	rcFile := filepath.Join(dir, "getmailrc")
 	if err := os.WriteFile(rcFile, []byte(rc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	run(t, dir, []string{"HOME=" + dir}, "getmail", "--getmaildir="+dir, "--rcfile="+rcFile)
+	testutil.Run(t, dir, []string{"HOME=" + dir}, nil, "getmail", "--getmaildir="+dir, "--rcfile="+rcFile)
 	// getmail always writes a Return-Path header of its own first (from
 	// the envelope sender POP3 does not carry); take it off again.
-	got := readDir(t, maildir)
+	got := testutil.ReadFiles(t, maildir)
 	for i, m := range got {
 		var found bool
 		if got[i], found = bytes.CutPrefix(m, []byte("Return-Path: <unknown>\n")); !found {
@@ -362,8 +308,8 @@ func TestClientPoplib(t *testing.T) {
 			if mode == "stls" {
 				addr = e.addr
 			}
-			run(t, dir, nil, "python3", "-c", poplibScript, mode, "127.0.0.1", port(addr), alice, password, filepath.Join(dir, "ca.pem"), out)
-			sameMessages(t, "poplib "+mode, readDir(t, out), clientMessages(), false)
+			testutil.Run(t, dir, nil, nil, "python3", "-c", poplibScript, mode, "127.0.0.1", testutil.Port(addr), alice, password, filepath.Join(dir, "ca.pem"), out)
+			sameMessages(t, "poplib "+mode, testutil.ReadFiles(t, out), clientMessages(), false)
 			if n := len(e.messages(alice)); n != 0 {
 				t.Fatalf("%d messages left on the server after poplib, want 0", n)
 			}
