@@ -50,51 +50,57 @@ func connect(cfg Config) (control.Admin, error) {
 	})
 }
 
-// adminCommand parses flags, loads the config and connects.
-func adminCommand(name string, args []string, nargs int) (Config, control.Admin, []string, error) {
+// adminCall is what an admin command works with once its command line is
+// read: the config, the Admin (the running server, or the spool file), its
+// positional arguments, and for an account command the account's address.
+type adminCall struct {
+	cfg   Config
+	admin control.Admin
+	args  []string
+	addr  string // args[0] normalised, for account commands
+}
+
+// adminFlagSet returns a flag set for an admin command with the flags they
+// all take; the command adds its own before calling parse.
+func adminFlagSet(name string) (*flag.FlagSet, *adminFlags) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var f adminFlags
-	extra := map[string]*bool{}
-	if name == "device add" {
-		extra["all"] = fs.Bool("all", false, "")
-	}
 	f.register(fs)
+	return fs, &f
+}
+
+// parse reads args with fs, checks that there are nargs positional
+// arguments, loads the config and connects. With account set, the first
+// argument must be an account address in one of the configured domains.
+func (f *adminFlags) parse(fs *flag.FlagSet, args []string, nargs int, account bool) (*adminCall, error) {
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return Config{}, nil, nil, fmt.Errorf("%w: %v", errUsage, err)
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
 	}
 	if len(pos) != nargs {
-		return Config{}, nil, nil, errUsage
-	}
-	if all := extra["all"]; all != nil && *all {
-		pos = append(pos, "--all")
+		return nil, errUsage
 	}
 	cfg, err := f.load()
 	if err != nil {
-		return Config{}, nil, nil, err
+		return nil, err
 	}
-	a, err := connect(cfg)
-	if err != nil {
-		return Config{}, nil, nil, err
+	call := &adminCall{cfg: cfg, args: pos}
+	if account {
+		if call.addr, err = cfg.LocalAddress(pos[0]); err != nil {
+			return nil, err
+		}
 	}
-	return cfg, a, pos, nil
+	if call.admin, err = connect(cfg); err != nil {
+		return nil, err
+	}
+	return call, nil
 }
 
-// accountCommand is adminCommand for commands whose first argument is an
-// account address in one of the configured domains; it returns the
-// address, normalised, and the other arguments.
-func accountCommand(name string, args []string, nargs int) (Config, control.Admin, string, []string, error) {
-	cfg, a, pos, err := adminCommand(name, args, nargs)
-	if err != nil {
-		return Config{}, nil, "", nil, err
-	}
-	addr, err := cfg.LocalAddress(pos[0])
-	if err != nil {
-		a.Close()
-		return Config{}, nil, "", nil, err
-	}
-	return cfg, a, addr, pos[1:], nil
+// adminCommand is parse for a command with only the common flags.
+func adminCommand(name string, args []string, nargs int, account bool) (*adminCall, error) {
+	fs, f := adminFlagSet(name)
+	return f.parse(fs, args, nargs, account)
 }
 
 func cmdUser(env *cliEnv, args []string) error {
@@ -109,12 +115,12 @@ func cmdUser(env *cliEnv, args []string) error {
 	}
 	ctx := context.Background()
 	if verb == "list" {
-		_, a, _, err := adminCommand("user list", args, n)
+		call, err := adminCommand("user list", args, n, false)
 		if err != nil {
 			return err
 		}
-		defer a.Close()
-		accts, err := a.Accounts(ctx)
+		defer call.admin.Close()
+		accts, err := call.admin.Accounts(ctx)
 		if err != nil {
 			return err
 		}
@@ -129,11 +135,12 @@ func cmdUser(env *cliEnv, args []string) error {
 		}
 		return tw.Flush()
 	}
-	_, a, addr, rest, err := accountCommand("user "+verb, args, n)
+	call, err := adminCommand("user "+verb, args, n, true)
 	if err != nil {
 		return err
 	}
-	defer a.Close()
+	defer call.admin.Close()
+	a, addr, rest := call.admin, call.addr, call.args[1:]
 	if verb == "quota" {
 		n, err := units.ParseSize(rest[0])
 		if err != nil {
@@ -218,15 +225,20 @@ func cmdDevice(env *cliEnv, args []string) error {
 	if !ok {
 		return errUsage
 	}
-	cfg, a, addr, rest, err := accountCommand("device "+verb, args, n)
+	fs, f := adminFlagSet("device " + verb)
+	all := false
+	if verb == "add" {
+		fs.BoolVar(&all, "all", false, "the device sees the mail already in the mailbox too")
+	}
+	call, err := f.parse(fs, args, n, true)
 	if err != nil {
 		return err
 	}
-	defer a.Close()
+	defer call.admin.Close()
+	cfg, a, addr, rest := call.cfg, call.admin, call.addr, call.args[1:]
 	ctx := context.Background()
 	switch verb {
 	case "add":
-		all := len(rest) == 2
 		pw, err := a.AddDevice(ctx, addr, rest[0], all)
 		if err != nil {
 			return err
@@ -266,12 +278,13 @@ func cmdDevice(env *cliEnv, args []string) error {
 }
 
 func cmdRestore(env *cliEnv, args []string) error {
-	_, a, addr, _, err := accountCommand("restore", args, 1)
+	call, err := adminCommand("restore", args, 1, true)
 	if err != nil {
 		return err
 	}
-	defer a.Close()
-	n, err := a.Restore(context.Background(), addr)
+	defer call.admin.Close()
+	addr := call.addr
+	n, err := call.admin.Restore(context.Background(), addr)
 	if errors.Is(err, spool.ErrNotRetained) {
 		return errors.New("retention is off ([spool] retention = \"0s\"), so deleted messages are not kept; set it to, say, \"720h\" to keep them for 30 days")
 	}
@@ -283,12 +296,12 @@ func cmdRestore(env *cliEnv, args []string) error {
 }
 
 func cmdBackup(env *cliEnv, args []string) error {
-	_, a, pos, err := adminCommand("backup", args, 1)
+	call, err := adminCommand("backup", args, 1, false)
 	if err != nil {
 		return err
 	}
-	defer a.Close()
-	dst := pos[0]
+	defer call.admin.Close()
+	a, dst := call.admin, call.args[0]
 	tmp, err := os.CreateTemp(filepath.Dir(dst), ".postie-backup-*")
 	if err != nil {
 		return err
@@ -320,25 +333,26 @@ func cmdBackup(env *cliEnv, args []string) error {
 }
 
 func cmdExport(env *cliEnv, args []string) error {
-	_, a, addr, _, err := accountCommand("export", args, 1)
+	call, err := adminCommand("export", args, 1, true)
 	if err != nil {
 		return err
 	}
-	defer a.Close()
+	defer call.admin.Close()
 	bw := bufio.NewWriterSize(env.stdout, 64<<10)
-	if _, err := a.Export(context.Background(), addr, bw); err != nil {
+	if _, err := call.admin.Export(context.Background(), call.addr, bw); err != nil {
 		return err
 	}
 	return bw.Flush()
 }
 
 func cmdVerify(env *cliEnv, args []string) error {
-	cfg, a, _, err := adminCommand("verify", args, 0)
+	call, err := adminCommand("verify", args, 0, false)
 	if err != nil {
 		return err
 	}
-	defer a.Close()
-	problems, err := a.Verify(context.Background())
+	defer call.admin.Close()
+	cfg := call.cfg
+	problems, err := call.admin.Verify(context.Background())
 	if err != nil {
 		return err
 	}

@@ -91,7 +91,7 @@ func checkParams(cfg Config, ips []netip.Addr, probe string) (setupcheck.Params,
 			p.Addresses = append(p.Addresses, a)
 		}
 	}
-	p.POP3SPort = pop3sPort(cfg)
+	p.POP3SPort = cfg.pop3sPort()
 	if p.CertProbe == "" && len(cfg.POP3.ListenTLS) > 0 {
 		p.CertProbe = net.JoinHostPort(cfg.Hostname, fmt.Sprint(p.POP3SPort))
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -372,4 +374,25 @@ func checkDomainName(d string) error {
 		}
 	}
 	return nil
+}
+
+// parseLevel reads a log level ("debug", "info", "warn", "error").
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("%q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// pop3sPort is the port of the first implicit-TLS POP3 address (995), for
+// the SRV records and autoconfig.
+func (c Config) pop3sPort() int {
+	port := 995
+	if len(c.POP3.ListenTLS) > 0 {
+		if _, p, err := net.SplitHostPort(c.POP3.ListenTLS[0]); err == nil {
+			fmt.Sscan(p, &port)
+		}
+	}
+	return port
 }
