@@ -208,3 +208,26 @@ func TestThreeDevicesOverSockets(t *testing.T) {
 		t.Fatalf("after the account password and the laptop deleted it: %d stored", n)
 	}
 }
+
+// TestDeviceAddAll: "postie device add ... -all" (the flag anywhere on the
+// line) gives a device the mail already in the mailbox; without it, a new
+// device sees only what arrives after it was added.
+func TestDeviceAddAll(t *testing.T) {
+	testutil.Tool(t, "swaks")
+	s := newServer(t, serverOptions{})
+	alice := "alice@" + domain
+	s.addUser(t, alice)
+	s.sendMail(t, alice, "before")
+	newOnly := s.devicePassword(t, alice, "phone")
+	all := s.devicePassword(t, alice, "-all", "tablet")
+	s.sendMail(t, alice, "after")
+	if out := s.curlPOP3(t, alice, newOnly, ""); strings.Count(out, "\n") != 1 {
+		t.Errorf("the device added without -all lists %q, want only the message after it", out)
+	}
+	if out := s.curlPOP3(t, alice, all, ""); strings.Count(out, "\n") != 2 {
+		t.Errorf("the device added with -all lists %q, want both messages", out)
+	}
+	if list := s.postie(t, "", "device", "list", alice); !regexp.MustCompile(`(?m)^tablet\s.*\sall\s`).MatchString(list) {
+		t.Errorf("device list does not show the tablet seeing all:\n%s", list)
+	}
+}
