@@ -17,6 +17,7 @@ import (
 	toml "github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
 
+	"github.com/postie/postie/internal/confkit"
 	"github.com/postie/postie/internal/units"
 	"github.com/postie/postie/pop3out"
 	"github.com/postie/postie/smtpin"
@@ -236,88 +237,85 @@ func (c *Config) spread() {
 
 // Validate checks the whole config and returns every problem it finds.
 func (c *Config) Validate() error {
-	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	p := confkit.Check("")
 	if c.Hostname == "" {
-		add("hostname: missing: the name of this mail server, e.g. \"mail.example.com\" (the MX record points at it)")
+		p.Addf("hostname", "missing: the name of this mail server, e.g. \"mail.example.com\" (the MX record points at it)")
 	} else if err := checkDomainName(c.Hostname); err != nil {
-		add("hostname: %v", err)
+		p.Addf("hostname", "%v", err)
 	}
 	if len(c.Domains) == 0 {
-		add("domains: missing: the mail domains this server receives for, e.g. [\"example.com\"]")
+		p.Addf("domains", "missing: the mail domains this server receives for, e.g. [\"example.com\"]")
 	}
 	seen := map[string]bool{}
 	for _, d := range c.Domains {
 		if err := checkDomainName(d); err != nil {
-			add("domains: %v", err)
+			p.Addf("domains", "%v", err)
 		}
 		if seen[d] {
-			add("domains: %q is listed twice", d)
+			p.Addf("domains", "%q is listed twice", d)
 		}
 		seen[d] = true
 	}
 	if c.DataDir == "" {
-		add("data_dir: missing: a directory for the spool and certificates, e.g. \"/var/lib/postie\"")
+		p.Addf("data_dir", "missing: a directory for the spool and certificates, e.g. \"/var/lib/postie\"")
 	}
 	if c.PlusSeparator == "" {
 		// Allowed: no plus-addressing.
 	} else if strings.ContainsAny(c.PlusSeparator, "@\" \t<>") {
-		add("plus_separator: %q: use characters such as \"+\" or \"+-\", not @, quotes or spaces", c.PlusSeparator)
+		p.Addf("plus_separator", "%q: use characters such as \"+\" or \"+-\", not @, quotes or spaces", c.PlusSeparator)
 	}
 	for from, targets := range c.Aliases {
 		if err := c.checkAliasSource(from); err != nil {
-			add("aliases: %q: %v", from, err)
+			p.Addf("aliases", "%q: %v", from, err)
 		}
 		if len(targets) == 0 {
-			add("aliases: %q: no target accounts", from)
+			p.Addf("aliases", "%q: no target accounts", from)
 		}
 		for _, t := range targets {
 			if _, err := c.LocalAddress(t); err != nil {
-				add("aliases: %q -> %q: %v (aliases point at local accounts: Postie does not forward mail)", from, t, err)
+				p.Addf("aliases", "%q -> %q: %v (aliases point at local accounts: Postie does not forward mail)", from, t, err)
 			}
 		}
 	}
 	if c.Postmaster != "" {
 		if _, err := c.LocalAddress(c.Postmaster); err != nil {
-			add("postmaster: %q: %v (an account here)", c.Postmaster, err)
+			p.Addf("postmaster", "%q: %v (an account here)", c.Postmaster, err)
 		}
 	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:
-		add("log.format: %q: want \"text\" or \"json\"", c.Log.Format)
+		p.Addf("log.format", "%q: want \"text\" or \"json\"", c.Log.Format)
 	}
 	if _, err := parseLevel(c.Log.Level); err != nil {
-		add("log.level: %v", err)
+		p.Addf("log.level", "%v", err)
 	}
 	for _, a := range c.PublicAddresses {
 		if _, err := netip.ParseAddr(a); err != nil {
-			add("public_addresses: %q is not an IP address", a)
+			p.Addf("public_addresses", "%q is not an IP address", a)
 		}
 	}
 	if c.DNS.CacheEntries < 0 || c.DNS.CacheEntries > 1<<20 {
-		add("dns.cache_entries: %d: want 0 (no cache) to 1048576, e.g. 4096", c.DNS.CacheEntries)
+		p.Addf("dns.cache_entries", "%d: want 0 (no cache) to 1048576, e.g. 4096", c.DNS.CacheEntries)
 	}
 	if c.DNS.CacheEntries > 0 && c.DNS.CacheMaxTTL.D() <= 0 {
-		add("dns.cache_max_ttl: %v: want a positive duration, e.g. \"1h\"", c.DNS.CacheMaxTTL.D())
+		p.Addf("dns.cache_max_ttl", "%v: want a positive duration, e.g. \"1h\"", c.DNS.CacheMaxTTL.D())
 	}
 	if q := c.Watchdog.QuotaWarning; q < 0 || q > 1 {
-		add("watchdog.quota_warning: %v: want a fraction between 0 (off) and 1, e.g. 0.9", q)
+		p.Addf("watchdog.quota_warning", "%v: want a fraction between 0 (off) and 1, e.g. 0.9", q)
 	}
 	if c.Autoconfig.Enabled && c.TLS.HTTPSListen == "" {
-		add("autoconfig.enabled: autoconfig is served over HTTPS; set tls.https_listen (default \":443\")")
+		p.Addf("autoconfig.enabled", "autoconfig is served over HTTPS; set tls.https_listen (default \":443\")")
 	}
 	if c.Metrics.Listen != "" {
 		if ap, err := netip.ParseAddrPort(c.Metrics.Listen); err != nil || !ap.Addr().IsLoopback() {
-			add("metrics.listen: %q: want a loopback address and port, e.g. \"127.0.0.1:9125\" (metrics are not for the internet)", c.Metrics.Listen)
+			p.Addf("metrics.listen", "%q: want a loopback address and port, e.g. \"127.0.0.1:9125\" (metrics are not for the internet)", c.Metrics.Listen)
 		}
 	}
 	for _, v := range []interface{ Validate() error }{&c.SMTP, &c.POP3, &c.TLS, c.Spool} {
-		if err := v.Validate(); err != nil {
-			errs = append(errs, err)
-		}
+		p.Join(v.Validate())
 	}
-	return errors.Join(errs...)
+	return p.Err()
 }
 
 func (c *Config) checkAliasSource(from string) error {

@@ -1,7 +1,6 @@
 package pop3out
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -9,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postie/postie/internal/confkit"
 	"github.com/postie/postie/internal/units"
 )
 
@@ -106,91 +106,71 @@ func DefaultConfig() Config {
 // Validate checks the owner's keys against the minimums the RFCs set and
 // returns every problem, each naming its key.
 func (c *Config) Validate() error {
-	errs := c.check()
-	add := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("pop3.%s: "+format, append([]any{key}, args...)...))
-	}
+	p := confkit.Check("pop3")
+	c.check(p)
 	// RFC 1939 §3: an inactivity autologout timer must be at least 10 minutes.
 	if d := c.IdleTimeout.D(); d > 0 && d < 10*time.Minute {
-		add("idle_timeout", "%s is below the 10 minutes RFC 1939 §3 requires", c.IdleTimeout)
+		p.Addf("idle_timeout", "%s is below the 10 minutes RFC 1939 §3 requires", c.IdleTimeout)
 	}
 	// RFC 2449 §4: command lines of 255 octets must be accepted.
 	if n := c.MaxLineLength.Bytes(); n > 0 && n < 512 {
-		add("max_line_length", "%s is too small: at least 512 bytes (RFC 2449 §4 commands, AUTH PLAIN responses)", c.MaxLineLength)
+		p.Addf("max_line_length", "%s is too small: at least 512 bytes (RFC 2449 §4 commands, AUTH PLAIN responses)", c.MaxLineLength)
 	}
 	if c.SessionTimeout.D() > 0 && c.IdleTimeout.D() > c.SessionTimeout.D() {
-		add("idle_timeout", "%s is longer than session_timeout (%s)", c.IdleTimeout, c.SessionTimeout)
+		p.Addf("idle_timeout", "%s is longer than session_timeout (%s)", c.IdleTimeout, c.SessionTimeout)
 	}
 	if c.MaxConnections > 0 && c.MaxConnectionsPerIP > c.MaxConnections {
-		add("max_connections_per_ip", "%d is more than max_connections (%d)", c.MaxConnectionsPerIP, c.MaxConnections)
+		p.Addf("max_connections_per_ip", "%d is more than max_connections (%d)", c.MaxConnectionsPerIP, c.MaxConnections)
 	}
 	if len(c.Listen) == 0 && len(c.ListenTLS) == 0 {
-		add("listen", "no addresses in listen or listen_tls: POP3 would be unreachable")
+		p.Addf("listen", "no addresses in listen or listen_tls: POP3 would be unreachable")
 	}
-	return errors.Join(errs...)
+	return p.Err()
 }
 
-// check returns what makes a config unusable. New refuses such a config;
+// check records what makes a config unusable. New refuses such a config;
 // Validate adds the owner-facing minimums, which tests may go below.
-func (c *Config) check() []error {
-	var errs []error
-	add := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("pop3.%s: "+format, append([]any{key}, args...)...))
-	}
+func (c *Config) check(p *confkit.Problems) {
 	for _, key := range []struct {
 		name  string
 		addrs []string
 	}{{"listen", c.Listen}, {"listen_tls", c.ListenTLS}} {
 		for _, a := range key.addrs {
 			if _, _, err := net.SplitHostPort(a); err != nil {
-				add(key.name, "%q: want host:port, e.g. \":110\" or \"192.0.2.1:995\"", a)
+				p.Addf(key.name, "%q: want host:port, e.g. \":110\" or \"192.0.2.1:995\"", a)
 			}
 		}
 	}
 	for _, n := range c.PlaintextLoginNetworks {
 		if _, err := parseNetwork(n); err != nil {
-			add("plaintext_login_networks", "%q: want a CIDR such as \"127.0.0.0/8\" or an address", n)
+			p.Addf("plaintext_login_networks", "%q: want a CIDR such as \"127.0.0.0/8\" or an address", n)
 		}
 	}
-	positive := func(key string, d units.Duration) {
-		if d.D() <= 0 {
-			add(key, "must be more than 0, e.g. \"10m\"")
-		}
-	}
-	positive("idle_timeout", c.IdleTimeout)
-	positive("login_timeout", c.LoginTimeout)
-	positive("session_timeout", c.SessionTimeout)
-	positive("write_timeout", c.WriteTimeout)
-	positive("failed_login_delay", c.FailedLoginDelay)
-	positive("failed_login_forget", c.FailedLoginForget)
+	p.Positive("idle_timeout", c.IdleTimeout.D())
+	p.Positive("login_timeout", c.LoginTimeout.D())
+	p.Positive("session_timeout", c.SessionTimeout.D())
+	p.Positive("write_timeout", c.WriteTimeout.D())
+	p.Positive("failed_login_delay", c.FailedLoginDelay.D())
+	p.Positive("failed_login_forget", c.FailedLoginForget.D())
 	if c.FailedLoginDelayMax.D() < c.FailedLoginDelay.D() {
-		add("failed_login_delay_max", "%s is less than failed_login_delay (%s)", c.FailedLoginDelayMax, c.FailedLoginDelay)
+		p.Addf("failed_login_delay_max", "%s is less than failed_login_delay (%s)", c.FailedLoginDelayMax, c.FailedLoginDelay)
 	}
 	if c.AuthDuration.D() < 0 || c.AuthDuration.D() > 10*time.Second {
-		add("auth_duration", "%s: want 0 to 10s", c.AuthDuration)
+		p.Addf("auth_duration", "%s: want 0 to 10s", c.AuthDuration)
 	}
 	if c.LoginDelay.D() < 0 {
-		add("login_delay", "%s must not be negative", c.LoginDelay)
+		p.Addf("login_delay", "%s must not be negative", c.LoginDelay)
 	}
 	if n := c.MaxLineLength.Bytes(); n < 64 || n > 1<<20 {
-		add("max_line_length", "%s: want 64 bytes to 1MiB", c.MaxLineLength)
+		p.Addf("max_line_length", "%s: want 64 bytes to 1MiB", c.MaxLineLength)
 	}
-	if c.MaxErrors < 1 {
-		add("max_errors", "%d: want at least 1", c.MaxErrors)
-	}
-	if c.MaxAuthFailures < 1 {
-		add("max_auth_failures", "%d: want at least 1", c.MaxAuthFailures)
-	}
-	if c.MaxConnections < 1 {
-		add("max_connections", "%d: want at least 1", c.MaxConnections)
-	}
-	if c.MaxConnectionsPerIP < 1 {
-		add("max_connections_per_ip", "%d: want at least 1", c.MaxConnectionsPerIP)
-	}
+	p.AtLeast("max_errors", int64(c.MaxErrors), 1, "")
+	p.AtLeast("max_auth_failures", int64(c.MaxAuthFailures), 1, "")
+	p.AtLeast("max_connections", int64(c.MaxConnections), 1, "")
+	p.AtLeast("max_connections_per_ip", int64(c.MaxConnectionsPerIP), 1, "")
 	if _, err := expireCapability(c.Expire); err != nil {
-		add("expire", "%v", err)
+		p.Addf("expire", "%v", err)
 	}
-	return errs
 }
 
 // parseNetwork reads a CIDR, or a single address as its own network.

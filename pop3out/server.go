@@ -68,8 +68,10 @@ type settings struct {
 }
 
 func newSettings(cfg Config) (*settings, error) {
-	if errs := cfg.check(); len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	p := confkit.Check("pop3")
+	cfg.check(p)
+	if err := p.Err(); err != nil {
+		return nil, err
 	}
 	st := &settings{cfg: cfg}
 	for _, n := range cfg.PlaintextLoginNetworks {

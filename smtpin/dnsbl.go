@@ -113,10 +113,12 @@ func (s *Server) screen(c net.Conn, zones []string, timeout time.Duration, hostn
 		s.handoff(c)
 		return
 	}
+	// Logged before the close, so the line exists once the client sees
+	// the end (fail2ban and the tests read it).
+	s.log.Info("connection refused: client on a blocklist", "remote", ip.String(), "zone", zone)
 	c.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	io.WriteString(c, closing(hostname, blocked(ip, zone)))
 	c.Close()
-	s.log.Info("connection refused: client on a blocklist", "remote", ip.String(), "zone", zone)
 	s.metrics.SMTPConnection("refused")
 	s.metrics.SMTPRefused("dnsbl")
 }

@@ -1,7 +1,6 @@
 package tlsauto
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -9,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postie/postie/internal/confkit"
 	"github.com/postie/postie/internal/units"
 )
 
@@ -142,56 +142,55 @@ func DefaultConfig() Config {
 // Validate checks the table and returns every problem it finds, joined,
 // each naming its key ("tls.agree_terms: ...").
 func (c *Config) Validate() error {
-	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	p := confkit.Check("tls")
 
 	switch c.Mode {
 	case ModeACME:
 		if !c.AgreeTerms {
-			add("tls.agree_terms: must be true in acme mode: read the CA's subscriber agreement (Let's Encrypt: https://letsencrypt.org/repository/) and set agree_terms = true, or use mode = \"files\"")
+			p.Addf("agree_terms", "must be true in acme mode: read the CA's subscriber agreement (Let's Encrypt: https://letsencrypt.org/repository/) and set agree_terms = true, or use mode = \"files\"")
 		}
 		if err := checkDirectoryURL(c.ACMEDirectory); err != nil {
-			add("tls.acme_directory: %v", err)
+			p.Addf("acme_directory", "%v", err)
 		}
 		if c.ACMEStaging && c.ACMEDirectory != LetsEncryptProduction && c.ACMEDirectory != LetsEncryptStaging {
-			add("tls.acme_staging: only switches Let's Encrypt to its staging directory; for another CA, set tls.acme_directory to its staging URL instead")
+			p.Addf("acme_staging", "only switches Let's Encrypt to its staging directory; for another CA, set tls.acme_directory to its staging URL instead")
 		}
 		if c.HTTPListen == "" && c.HTTPSListen == "" {
-			add("tls.http_listen, tls.https_listen: both are off, so no ACME challenge can be answered: turn one on (port 80 for HTTP-01 or 443 for TLS-ALPN-01 must reach this server)")
+			p.Addf("http_listen, tls.https_listen", "both are off, so no ACME challenge can be answered: turn one on (port 80 for HTTP-01 or 443 for TLS-ALPN-01 must reach this server)")
 		}
 		if c.Hostname != "" && !publicName(c.Hostname) {
-			add("tls.mode: acme cannot get a certificate for %q, which is not a public DNS name; use mode = \"self-signed\" or \"files\"", c.Hostname)
+			p.Addf("mode", "acme cannot get a certificate for %q, which is not a public DNS name; use mode = \"self-signed\" or \"files\"", c.Hostname)
 		}
 		for _, n := range c.ExtraNames {
 			if !publicName(n) {
-				add("tls: extra name %q is not a public DNS name, so no CA can issue a certificate for it", n)
+				p.Join(fmt.Errorf("tls: extra name %q is not a public DNS name, so no CA can issue a certificate for it", n))
 			}
 		}
 	case ModeFiles:
 		if c.CertFile == "" {
-			add("tls.cert_file: missing: the PEM certificate chain to serve in files mode")
+			p.Addf("cert_file", "missing: the PEM certificate chain to serve in files mode")
 		}
 		if c.KeyFile == "" {
-			add("tls.key_file: missing: the PEM private key of tls.cert_file")
+			p.Addf("key_file", "missing: the PEM private key of tls.cert_file")
 		}
 	case ModeSelfSigned:
 	default:
-		add("tls.mode: %q: want \"acme\", \"files\" or \"self-signed\"", c.Mode)
+		p.Addf("mode", "%q: want \"acme\", \"files\" or \"self-signed\"", c.Mode)
 	}
 	if c.Mode != ModeFiles && (c.CertFile != "" || c.KeyFile != "") {
-		add("tls.cert_file, tls.key_file: only used with mode = \"files\" (mode is %q)", c.Mode)
+		p.Addf("cert_file, tls.key_file", "only used with mode = \"files\" (mode is %q)", c.Mode)
 	}
 	if c.ACMEEmail != "" {
 		if at := strings.LastIndexByte(c.ACMEEmail, '@'); at <= 0 || at == len(c.ACMEEmail)-1 || strings.ContainsAny(c.ACMEEmail, " \t<>\"") {
-			add("tls.acme_email: %q is not an email address", c.ACMEEmail)
+			p.Addf("acme_email", "%q is not an email address", c.ACMEEmail)
 		}
 	}
-	for _, l := range []struct{ key, addr string }{{"tls.http_listen", c.HTTPListen}, {"tls.https_listen", c.HTTPSListen}} {
+	for _, l := range []struct{ key, addr string }{{"http_listen", c.HTTPListen}, {"https_listen", c.HTTPSListen}} {
 		if l.addr == "" {
 			continue
 		}
 		if _, port, err := net.SplitHostPort(l.addr); err != nil || port == "" {
-			add("%s: %q: want host:port, e.g. \":80\" or \"192.0.2.1:443\"", l.key, l.addr)
+			p.Addf(l.key, "%q: want host:port, e.g. \":80\" or \"192.0.2.1:443\"", l.addr)
 		}
 	}
 
@@ -199,48 +198,48 @@ func (c *Config) Validate() error {
 	case MTASTSOff:
 	case MTASTSNone, MTASTSTesting, MTASTSEnforce:
 		if c.HTTPSListen == "" {
-			add("tls.mta_sts_mode: senders fetch the policy from https://mta-sts.<domain>/ on port 443, but tls.https_listen is off")
+			p.Addf("mta_sts_mode", "senders fetch the policy from https://mta-sts.<domain>/ on port 443, but tls.https_listen is off")
 		}
 		if c.Mode == ModeSelfSigned {
-			add("tls.mta_sts_mode: senders only accept the policy over HTTPS with a trusted certificate, which mode = \"self-signed\" does not have")
+			p.Addf("mta_sts_mode", "senders only accept the policy over HTTPS with a trusted certificate, which mode = \"self-signed\" does not have")
 		}
 		if len(c.Domains) == 0 {
-			add("tls.mta_sts_mode: no domains to publish a policy for")
+			p.Addf("mta_sts_mode", "no domains to publish a policy for")
 		}
 	default:
-		add("tls.mta_sts_mode: %q: want \"\" (off), \"none\", \"testing\" or \"enforce\"", c.MTASTSMode)
+		p.Addf("mta_sts_mode", "%q: want \"\" (off), \"none\", \"testing\" or \"enforce\"", c.MTASTSMode)
 	}
 	if d := c.MTASTSMaxAge.D(); d < time.Second || d > mtaSTSMaxAgeLimit || d%time.Second != 0 {
-		add("tls.mta_sts_max_age: %s: want whole seconds between 1s and %s (RFC 8461 §3.2), e.g. \"168h\"", c.MTASTSMaxAge, mtaSTSMaxAgeLimit)
+		p.Addf("mta_sts_max_age", "%s: want whole seconds between 1s and %s (RFC 8461 §3.2), e.g. \"168h\"", c.MTASTSMaxAge, mtaSTSMaxAgeLimit)
 	}
 
 	for _, d := range []struct {
 		key string
 		v   units.Duration
-	}{{"tls.http_read_timeout", c.HTTPReadTimeout}, {"tls.http_write_timeout", c.HTTPWriteTimeout}, {"tls.http_idle_timeout", c.HTTPIdleTimeout}} {
+	}{{"http_read_timeout", c.HTTPReadTimeout}, {"http_write_timeout", c.HTTPWriteTimeout}, {"http_idle_timeout", c.HTTPIdleTimeout}} {
 		if d.v.D() <= 0 {
-			add("%s: must be more than zero, e.g. \"10s\"", d.key)
+			p.Addf(d.key, "must be more than zero, e.g. \"10s\"")
 		}
 	}
 	if c.HTTPMaxHeaderBytes < 1024 || c.HTTPMaxHeaderBytes > 1<<20 {
-		add("tls.http_max_header_bytes: %s: want between 1KiB and 1MiB", c.HTTPMaxHeaderBytes)
+		p.Addf("http_max_header_bytes", "%s: want between 1KiB and 1MiB", c.HTTPMaxHeaderBytes)
 	}
 	if c.HTTPMaxConnections < 1 {
-		add("tls.http_max_connections: must be at least 1")
+		p.Addf("http_max_connections", "must be at least 1")
 	}
 	if c.HTTPMaxConnectionsPerIP < 1 {
-		add("tls.http_max_connections_per_ip: must be at least 1")
+		p.Addf("http_max_connections_per_ip", "must be at least 1")
 	} else if c.HTTPMaxConnectionsPerIP > c.HTTPMaxConnections && c.HTTPMaxConnections >= 1 {
-		add("tls.http_max_connections_per_ip: %d is more than tls.http_max_connections (%d)", c.HTTPMaxConnectionsPerIP, c.HTTPMaxConnections)
+		p.Addf("http_max_connections_per_ip", "%d is more than tls.http_max_connections (%d)", c.HTTPMaxConnectionsPerIP, c.HTTPMaxConnections)
 	}
 
 	if c.Hostname == "" {
-		add("tls: no hostname: the certificate's name (main copies the top-level hostname here)")
+		p.Join(fmt.Errorf("tls: no hostname: the certificate's name (main copies the top-level hostname here)"))
 	}
 	if c.DataDir == "" {
-		add("tls: no data directory (main copies the top-level data_dir here)")
+		p.Join(fmt.Errorf("tls: no data directory (main copies the top-level data_dir here)"))
 	}
-	return errors.Join(errs...)
+	return p.Err()
 }
 
 // directory returns the ACME directory URL in effect.
