@@ -3,12 +3,15 @@ package spool
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"go.etcd.io/bbolt"
 )
 
 func TestBudget(t *testing.T) {
@@ -167,4 +170,77 @@ func TestDeliveryWaitingForBudgetCancelled(t *testing.T) {
 	// The same store still takes mail.
 	deliver(t, s, strings.Repeat("y\r\n", 10_000), "alice@example.com")
 	checkVerify(t, s)
+}
+
+// TestFlushFailureFailsQueuedCommit: a delivery larger than the space
+// left has flushes that land and then one that fails, while the delivery
+// goes on writing and queues its Commit behind it. The Commit must fail
+// with the flush's ErrStorageFull, nothing may be linked, and what had
+// landed must go.
+func TestFlushFailureFailsQueuedCommit(t *testing.T) {
+	s := openTest(t, func(o *Options) { o.MaxSize = 4 << 20 })
+	mustAddAccount(t, s, "alice@example.com")
+	ctx := context.Background()
+	for _, size := range []int{5 << 20, 6 << 20, 9 << 20} {
+		d := s.Begin(ctx, Envelope{})
+		var err error
+		body := []byte(strings.Repeat(strings.Repeat("z", 78)+"\r\n", size/80))
+		for p := body; len(p) > 0 && err == nil; {
+			n := min(len(p), 32<<10)
+			_, err = d.Write(p[:n])
+			p = p[n:]
+		}
+		if err == nil {
+			_, err = d.Commit(nil, []string{"alice@example.com"})
+		} else {
+			d.Abort()
+		}
+		if !errors.Is(err, ErrStorageFull) {
+			t.Fatalf("%d MiB into a 4 MiB spool: %v, want ErrStorageFull", size>>20, err)
+		}
+		checkVerify(t, s)
+		if n := countChunks(t, s); n != 0 {
+			t.Fatalf("%d MiB: %d chunks left after the failed delivery", size>>20, n)
+		}
+		if st, err := s.Stats(); err != nil || st.Messages != 0 {
+			t.Fatalf("%d MiB: %d messages stored (%v)", size>>20, st.Messages, err)
+		}
+	}
+	// The space is there again for a message that fits.
+	deliver(t, s, strings.Repeat("y\r\n", 100_000), "alice@example.com")
+	checkVerify(t, s)
+}
+
+// TestLaterFlushChecksFirst: a delivery's later writes find its id where
+// its first flush left it, and must refuse to write when that flush did
+// not land, even when the same id now belongs to another delivery (the
+// sequence rolls back with a failed transaction and is handed out again).
+func TestLaterFlushChecksFirst(t *testing.T) {
+	s := openTest(t, nil)
+	err := s.update(context.Background(), 0, func(tx *bbolt.Tx) error {
+		// Another delivery (token 2) holds id 7.
+		if err := tx.Bucket(bucketPending).Put(u64(7), pendingMark(time.Now(), 2, 1)); err != nil {
+			return err
+		}
+		for _, slot := range []*idSlot{{id: 0, token: 1}, {id: 7, token: 1}, {id: 8, token: 1}} {
+			if err := landFlush(tx, slot); !errors.Is(err, errFlushLost) {
+				t.Errorf("slot %+v: %v, want errFlushLost", *slot, err)
+			}
+		}
+		ours := &idSlot{id: 7, token: 2}
+		if err := landFlush(tx, ours); err != nil {
+			return err
+		}
+		v, err := pendingFor(tx, ours)
+		if err != nil {
+			return err
+		}
+		if n := binary.BigEndian.Uint32(v[16:]); n != 2 {
+			t.Errorf("%d flushes counted as landed, want 2", n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

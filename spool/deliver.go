@@ -3,10 +3,12 @@ package spool
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"sort"
+	"time"
 
 	"go.etcd.io/bbolt"
 )
@@ -23,7 +25,9 @@ type Delivery struct {
 	ctx context.Context
 	env Envelope
 
-	id      uint64 // message id, 0 until the first flush allocates it
+	id      uint64 // message id, 0 until the first flush is known to have landed
+	slot    *idSlot
+	flushes uint32 // flushes handed to the committer so far
 	nextIdx uint32 // index of the next body chunk to store (from 1)
 	size    int64  // normalised body bytes so far
 	cr      bool   // the last byte written was a CR
@@ -37,9 +41,18 @@ type Delivery struct {
 	done     bool
 }
 
+// idSlot is where a delivery's first flush leaves the message id it
+// allocated, for the delivery's later writes to find. Those run in the
+// committer goroutine after it, so they read it without a lock; the
+// delivery itself reads it only once it has the first flush's outcome.
+type idSlot struct {
+	id    uint64
+	token uint64 // tells this delivery's pending mark from any other's
+}
+
 // Begin starts a delivery.
 func (s *Store) Begin(ctx context.Context, env Envelope) *Delivery {
-	return &Delivery{s: s, ctx: ctx, env: env, nextIdx: 1}
+	return &Delivery{s: s, ctx: ctx, env: env, nextIdx: 1, slot: &idSlot{token: s.deliveries.Add(1)}}
 }
 
 // Deliver stores body for the given accounts in one step: Begin, ReadFrom,
@@ -223,14 +236,14 @@ func (d *Delivery) fail(err error) {
 	}
 }
 
-// flush hands the full chunks to the committer and, but for the first
-// flush, goes on without waiting for their commit: while one transaction
-// is written and synced the next flushes queue up, and the committer takes
-// them all in its next one. Few large transactions cost fewer syncs, and
-// bbolt rewrites the leaf a delivery's body ends in once per transaction,
-// not once per flush. What flushes hold until committed counts against the
-// store's flush budget, so many deliveries at once stay within it; past
-// it, flush waits.
+// flush hands the full chunks to the committer and goes on without
+// waiting for their commit: while one transaction is written and synced
+// the next flushes queue up, and the committer takes them all, and often
+// the delivery's Commit too, in its next one. Few large transactions cost
+// fewer syncs, and bbolt rewrites the leaf a delivery's body ends in once
+// per transaction, not once per flush. What flushes hold until committed
+// counts against the store's flush budget, so many deliveries at once stay
+// within it; past it, flush waits.
 func (d *Delivery) flush() {
 	chunks := d.full
 	d.full = nil
@@ -255,23 +268,18 @@ func (d *Delivery) flush() {
 	}
 	first := d.nextIdx
 	d.nextIdx += uint32(len(chunks))
-	id := d.id
-	var newID uint64
+	d.flushes++
 	o := &op{cost: cost, done: make(chan error, 1)}
-	o.fn = func(tx *bbolt.Tx) error {
-		newID = id
-		if newID == 0 {
-			// The first flush allocates the id and marks it pending.
-			seq, err := tx.Bucket(bucketMessages).NextSequence()
-			if err != nil {
+	if d.flushes == 1 {
+		o.fn = d.firstFlush(chunks)
+	} else {
+		slot := d.slot
+		o.fn = func(tx *bbolt.Tx) error {
+			if err := landFlush(tx, slot); err != nil {
 				return err
 			}
-			newID = seq
-			if err := tx.Bucket(bucketPending).Put(u64(newID), u64(uint64(d.s.opts.Now().Unix()))); err != nil {
-				return err
-			}
+			return putChunks(tx, slot.id, first, chunks)
 		}
-		return putChunks(tx, newID, first, chunks)
 	}
 	o.after = func(error) {
 		d.s.putChunks(chunks)
@@ -284,12 +292,68 @@ func (d *Delivery) flush() {
 	}
 	d.inflight = append(d.inflight, flushing{o, cost})
 	d.ahead += cost
-	if d.id == 0 {
-		// Later flushes need the id: wait for the first one now.
-		if d.waitFlushes() == nil {
-			d.id = newID
+}
+
+// firstFlush returns the write of a delivery's first flush: it allocates
+// the message id, leaves it in the delivery's slot and marks it pending.
+func (d *Delivery) firstFlush(chunks []*[]byte) func(tx *bbolt.Tx) error {
+	slot, now := d.slot, d.s.opts.Now
+	return func(tx *bbolt.Tx) error {
+		// Should this transaction roll back, the later flushes must
+		// not write under the id it allocated: another delivery may be
+		// given the same one.
+		slot.id = 0
+		id, err := tx.Bucket(bucketMessages).NextSequence()
+		if err != nil {
+			return err
 		}
+		if err := tx.Bucket(bucketPending).Put(u64(id), pendingMark(now(), slot.token, 1)); err != nil {
+			return err
+		}
+		slot.id = id
+		return putChunks(tx, id, 1, chunks)
 	}
+}
+
+// pendingMark is the value of a delivery's entry in the pending bucket:
+// when it started (8 bytes), its token (8) and how many of its flushes
+// have landed (4).
+func pendingMark(start time.Time, token uint64, landed uint32) []byte {
+	v := make([]byte, 20)
+	binary.BigEndian.PutUint64(v, uint64(start.Unix()))
+	binary.BigEndian.PutUint64(v[8:], token)
+	binary.BigEndian.PutUint32(v[16:], landed)
+	return v
+}
+
+// errFlushLost means a delivery's write found that one of its earlier
+// flushes did not land; that flush's own error says why.
+var errFlushLost = errors.New("spool: an earlier part of the message body was not stored")
+
+// landFlush checks, in a later flush's transaction, that the delivery's
+// first flush landed under the id in slot, and counts this flush as
+// landed too.
+func landFlush(tx *bbolt.Tx, slot *idSlot) error {
+	v, err := pendingFor(tx, slot)
+	if err != nil {
+		return err
+	}
+	v = append([]byte(nil), v...)
+	binary.BigEndian.PutUint32(v[16:], binary.BigEndian.Uint32(v[16:])+1)
+	return tx.Bucket(bucketPending).Put(u64(slot.id), v)
+}
+
+// pendingFor returns the pending mark of the delivery of slot, or
+// errFlushLost if its first flush did not land.
+func pendingFor(tx *bbolt.Tx, slot *idSlot) ([]byte, error) {
+	if slot.id == 0 {
+		return nil, errFlushLost
+	}
+	v := tx.Bucket(bucketPending).Get(u64(slot.id))
+	if len(v) != 20 || binary.BigEndian.Uint64(v[8:]) != slot.token {
+		return nil, errFlushLost
+	}
+	return v, nil
 }
 
 // flushing is a flush handed to the committer.
@@ -317,6 +381,12 @@ func (d *Delivery) landed(err error) {
 	d.inflight = d.inflight[1:]
 	if err != nil {
 		d.fail(fmt.Errorf("spool: store message body: %w", err))
+		return
+	}
+	if d.id == 0 {
+		// The first flush is committed: its id is the message's. Its
+		// write never runs again, so the slot holds still.
+		d.id = d.slot.id
 	}
 }
 
@@ -371,7 +441,7 @@ func (d *Delivery) Commit(prefix []byte, accounts []string) (MessageID, error) {
 	if d.err == nil && d.size+int64(len(prefix)) > int64(d.s.opts.MaxMessageSize) {
 		d.fail(ErrTooLarge)
 	}
-	d.waitFlushes()
+	d.reap()
 	if d.err != nil {
 		d.Abort()
 		return 0, d.err
@@ -405,11 +475,23 @@ func (d *Delivery) Commit(prefix []byte, accounts []string) (MessageID, error) {
 	nChunks := first - 1 + uint32(len(chunks))
 	size := d.size + int64(len(prefix))
 	now := d.s.opts.Now()
-	pending := d.id
+	flushes, slot := d.flushes, d.slot
 	var id uint64
+	// The commit is queued behind the flushes still in flight, without
+	// waiting for them, and often shares their transaction. It checks
+	// that all of them landed: a flush that failed was taken out of its
+	// transaction, and the message must not be linked without its part.
 	err := d.s.update(d.ctx, len(chunks)*d.s.opts.ChunkSize+len(prefix), func(tx *bbolt.Tx) error {
-		id = pending
-		if id == 0 {
+		if flushes > 0 {
+			v, err := pendingFor(tx, slot)
+			if err != nil {
+				return err
+			}
+			if binary.BigEndian.Uint32(v[16:]) != flushes {
+				return errFlushLost
+			}
+			id = slot.id
+		} else {
 			seq, err := tx.Bucket(bucketMessages).NextSequence()
 			if err != nil {
 				return err
@@ -469,15 +551,22 @@ func (d *Delivery) Commit(prefix []byte, accounts []string) (MessageID, error) {
 		if err := addStoreStats(tx, 1, size); err != nil {
 			return err
 		}
-		if pending != 0 {
-			return tx.Bucket(bucketPending).Delete(u64(pending))
+		if flushes > 0 {
+			return tx.Bucket(bucketPending).Delete(u64(id))
 		}
 		return nil
 	})
 	if err != nil {
+		// A flush that failed tells better what went wrong than the
+		// loss it caused.
+		if ferr := d.waitFlushes(); ferr != nil && errors.Is(err, errFlushLost) {
+			err = ferr
+		}
 		d.abortStored()
 		return 0, err
 	}
+	// Every flush landed before the commit: take their outcomes.
+	d.waitFlushes()
 	return MessageID(id), nil
 }
 
@@ -489,9 +578,6 @@ func (d *Delivery) Abort() {
 	}
 	d.done = true
 	d.fail(errors.New("spool: delivery aborted"))
-	// The flushes in flight must have landed before their chunks are
-	// removed, or they would outlive the pending mark.
-	d.waitFlushes()
 	d.abortStored()
 	d.s.putChunks(d.full)
 	d.full = nil
@@ -504,6 +590,10 @@ func (d *Delivery) Abort() {
 // abortStored removes flushed chunks of a delivery that will not be
 // committed. If that fails, the next Open removes them.
 func (d *Delivery) abortStored() {
+	// The flushes in flight must have landed before their chunks are
+	// removed, or they would outlive the pending mark; and only then is
+	// the id known.
+	d.waitFlushes()
 	if d.id == 0 {
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -213,6 +214,7 @@ type Store struct {
 	// auth remembers recent successful password checks.
 	auth *authCache
 
+	deliveries  atomic.Uint64 // numbers deliveries, for the tokens of their pending marks
 	chunkPool   sync.Pool
 	flushBudget *budget   // shared by the deliveries' flushes in flight
 	readPool    sync.Pool // *[]byte of readBatch+ChunkSize capacity, for messageReader

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"go.etcd.io/bbolt"
 )
@@ -286,8 +287,11 @@ func TestAbortAndAbandonedDeliveries(t *testing.T) {
 	// chunks; the next Open removes them.
 	d = s.Begin(ctx, Envelope{})
 	io.Copy(d, strings.NewReader(strings.Repeat("z", 20_000)))
-	if n := countChunks(t, s); n == 0 {
-		t.Fatal("no chunks flushed; the test needs a flushed delivery")
+	// Flushes land in the background: wait for them.
+	for deadline := time.Now().Add(5 * time.Second); countChunks(t, s) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no chunks flushed; the test needs a flushed delivery")
+		}
 	}
 	path := s.Path()
 	s.Close()
