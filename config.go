@@ -18,6 +18,7 @@ import (
 	"github.com/pelletier/go-toml/v2/unstable"
 
 	"github.com/postie/postie/internal/confkit"
+	"github.com/postie/postie/internal/dnsname"
 	"github.com/postie/postie/internal/units"
 	"github.com/postie/postie/pop3out"
 	"github.com/postie/postie/smtpin"
@@ -251,10 +252,11 @@ func (c *Config) Validate() error {
 		if err := checkDomainName(d); err != nil {
 			p.Addf("domains", "%v", err)
 		}
-		if seen[d] {
+		if n := dnsname.Normalize(d); seen[n] {
 			p.Addf("domains", "%q is listed twice", d)
+		} else {
+			seen[n] = true
 		}
-		seen[d] = true
 	}
 	if c.DataDir == "" {
 		p.Addf("data_dir", "missing: a directory for the spool and certificates, e.g. \"/var/lib/postie\"")
@@ -331,25 +333,41 @@ func (c *Config) checkAliasSource(from string) error {
 
 // IsLocalDomain reports whether d is one of the configured domains.
 func (c *Config) IsLocalDomain(d string) bool {
-	d = strings.ToLower(strings.TrimSuffix(d, "."))
-	for _, x := range c.Domains {
-		if x == d {
-			return true
-		}
-	}
-	return false
+	_, ok := c.localDomain(d)
+	return ok
 }
 
-// LocalAddress normalises addr and checks that its domain is ours.
+// localDomain returns the configured spelling of d, compared as domain
+// names are everywhere (dnsname: case, trailing dot, IDNA).
+func (c *Config) localDomain(d string) (string, bool) {
+	n := dnsname.Normalize(d)
+	if n == "" {
+		return "", false
+	}
+	for _, x := range c.Domains {
+		if dnsname.Normalize(x) == n {
+			return x, true
+		}
+	}
+	return "", false
+}
+
+// LocalAddress normalises addr and checks that its domain is ours: an
+// address under an A-label or U-label spelling of a configured domain is
+// the same account.
 func (c *Config) LocalAddress(addr string) (string, error) {
 	a, err := spool.NormalizeAddress(addr)
 	if err != nil {
 		return "", err
 	}
-	if d := a[strings.LastIndexByte(a, '@')+1:]; !c.IsLocalDomain(d) {
-		return "", fmt.Errorf("%s is not in one of the configured domains (%s)", d, strings.Join(c.Domains, ", "))
+	at := strings.LastIndexByte(a, '@')
+	d, ok := c.localDomain(a[at+1:])
+	if !ok {
+		return "", fmt.Errorf("%s is not in one of the configured domains (%s)", a[at+1:], strings.Join(c.Domains, ", "))
 	}
-	return a, nil
+	// The account is stored under the configured spelling of its domain,
+	// as SMTP's routing finds it.
+	return a[:at+1] + d, nil
 }
 
 // checkDomainName accepts a DNS host name: labels of letters, digits and

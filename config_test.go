@@ -124,3 +124,32 @@ func TestLocalConfigIsValid(t *testing.T) {
 		t.Fatalf("local config: %+v", c)
 	}
 }
+
+// TestDomainsCompareAsDomainNames: the config compares domains as SMTP
+// routing does (case, trailing dot, IDNA), so an alias written with the
+// A-label of a domain configured with its U-label is accepted, the account
+// is named under the configured spelling, and the same domain twice is
+// caught.
+func TestDomainsCompareAsDomainNames(t *testing.T) {
+	c := DefaultConfig()
+	c.Hostname, c.DataDir = "mail.example.com", t.TempDir()
+	c.TLS.Mode = "self-signed"
+	c.Domains = []string{"Bücher.example", "example.com"}
+	c.Aliases = map[string][]string{"info@xn--bcher-kva.example.": {"Carol@XN--BCHER-KVA.example"}}
+	c.spread()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+	for _, in := range []string{"Carol@XN--BCHER-KVA.example", "carol@bücher.example", "carol@Bücher.Example."} {
+		if got, err := c.LocalAddress(in); err != nil || got != "carol@bücher.example" {
+			t.Errorf("LocalAddress(%q) = %q, %v; want carol@bücher.example", in, got, err)
+		}
+	}
+	if _, err := c.LocalAddress("carol@example.org"); err == nil {
+		t.Error("LocalAddress took a foreign domain")
+	}
+	c.Domains = append(c.Domains, "xn--bcher-kva.example")
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "listed twice") {
+		t.Errorf("the same domain in two spellings: %v", err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postie/postie/internal/dnsname"
 	"github.com/postie/postie/internal/netserve"
 	"github.com/postie/postie/smtpin/authcheck"
 	"github.com/postie/postie/spool"
@@ -218,7 +219,7 @@ func (s *session) writeHeader(d *spool.Delivery, hdr []byte, fields []field) err
 }
 
 func equalFoldDomain(a, b string) bool {
-	return authcheck.NormalizeDomain(a) != "" && authcheck.NormalizeDomain(a) == authcheck.NormalizeDomain(b)
+	return dnsname.Normalize(a) != "" && dnsname.Normalize(a) == dnsname.Normalize(b)
 }
 
 // readFailure maps an error reading the message to the reply and the

@@ -12,8 +12,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postie/postie/internal/dnsname"
 	"github.com/postie/postie/internal/netserve"
-	"github.com/postie/postie/smtpin/authcheck"
 )
 
 // DNS blocklists (RFC 5782): a client at 192.0.2.7 is listed on zone z when
@@ -89,7 +89,7 @@ func reverseName(ip netip.Addr) string {
 
 // validZone reports whether z looks like a DNS zone name.
 func validZone(z string) bool {
-	n := authcheck.NormalizeDomain(z)
+	n := dnsname.Normalize(z)
 	return n != "" && strings.Contains(n, ".")
 }
 

@@ -8,7 +8,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/postie/postie/smtpin/authcheck"
+	"github.com/postie/postie/internal/dnsname"
 	"github.com/postie/postie/spool"
 )
 
@@ -32,7 +32,7 @@ func newRouter(cfg Config) (*router, error) {
 	r := &router{domains: map[string]string{}, aliases: map[string][]string{}, plus: cfg.PlusSeparator}
 	var errs []error
 	for _, d := range cfg.Domains {
-		n := authcheck.NormalizeDomain(d)
+		n := dnsname.Normalize(d)
 		if n == "" {
 			errs = append(errs, fmt.Errorf("smtp: domain %q is not a domain name", d))
 			continue
@@ -105,7 +105,7 @@ func (r *router) localKey(a string) (string, bool) {
 	if at < 0 {
 		return "", false
 	}
-	d, ok := r.domains[authcheck.NormalizeDomain(a[at+1:])]
+	d, ok := r.domains[dnsname.Normalize(a[at+1:])]
 	if !ok {
 		return "", false
 	}
@@ -151,7 +151,7 @@ func (r *router) resolve(rcpt string, utf8Allowed bool, book accountBook) (route
 		// "user@ours." and "user@[192.0.2.1]" are not names of ours.
 		return route{}, errRelayDenied, nil
 	}
-	d, ok := r.domains[authcheck.NormalizeDomain(domain)]
+	d, ok := r.domains[dnsname.Normalize(domain)]
 	if !ok {
 		return route{}, errRelayDenied, nil
 	}

@@ -1,9 +1,6 @@
 package authcheck
 
 import (
-	"strings"
-
-	"golang.org/x/net/idna"
 	"golang.org/x/net/publicsuffix"
 )
 
@@ -16,38 +13,6 @@ const (
 	Relaxed Alignment = "r"
 	Strict  Alignment = "s"
 )
-
-// NormalizeDomain returns d in the form domains are compared in: lower
-// case, without a trailing dot, internationalized labels as A-labels
-// (xn--). It returns "" for a name that is not a domain.
-func NormalizeDomain(d string) string {
-	d = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
-	if d == "" || strings.HasPrefix(d, "[") {
-		return ""
-	}
-	ascii := true
-	for i := 0; i < len(d); i++ {
-		c := d[i]
-		if c >= 0x80 {
-			ascii = false
-			continue
-		}
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
-			return ""
-		}
-	}
-	if !ascii {
-		a, err := idna.Lookup.ToASCII(d)
-		if err != nil {
-			return ""
-		}
-		d = a
-	}
-	if strings.HasPrefix(d, ".") || strings.HasSuffix(d, ".") || strings.Contains(d, "..") || len(d) > 253 {
-		return ""
-	}
-	return d
-}
 
 // OrgDomain returns the organizational domain of d (RFC 7489 §3.2): the
 // public suffix of d plus one label, or d itself when d is a public suffix

@@ -5,6 +5,8 @@ import (
 	"mime"
 	"net/mail"
 	"strings"
+
+	"github.com/postie/postie/internal/dnsname"
 )
 
 // anyCharset lets the address parser skip encoded words in charsets the
@@ -26,7 +28,7 @@ func AuthorDomains(values []string) []string {
 	parser := mail.AddressParser{WordDecoder: &mime.WordDecoder{CharsetReader: anyCharset}}
 	var out []string
 	add := func(d string) {
-		if d = NormalizeDomain(d); d == "" {
+		if d = dnsname.Normalize(d); d == "" {
 			return
 		}
 		for _, x := range out {

@@ -3,6 +3,8 @@ package authcheck
 import (
 	"slices"
 	"testing"
+
+	"github.com/postie/postie/internal/dnsname"
 )
 
 func TestAuthorDomains(t *testing.T) {
@@ -41,7 +43,7 @@ func FuzzAuthorDomains(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, v string) {
 		for _, d := range AuthorDomains([]string{v}) {
-			if d == "" || NormalizeDomain(d) != d {
+			if d == "" || dnsname.Normalize(d) != d {
 				t.Fatalf("AuthorDomains(%q) gave %q, which is not normalized", v, d)
 			}
 		}

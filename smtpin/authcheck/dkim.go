@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/emersion/go-msgauth/dkim"
+	"github.com/postie/postie/internal/dnsname"
 )
 
 // DKIM is the verdict on one DKIM-Signature field.
@@ -99,7 +100,7 @@ func verdicts(sigs []string, verifs []*dkim.Verification, err error) []DKIM {
 	out := make([]DKIM, len(sigs))
 	for i, sig := range sigs {
 		tags := parseTags(sig)
-		out[i] = DKIM{Domain: NormalizeDomain(tags["d"]), Selector: tags["s"], B: tags["b"]}
+		out[i] = DKIM{Domain: dnsname.Normalize(tags["d"]), Selector: tags["s"], B: tags["b"]}
 		if len(out[i].B) > 8 {
 			out[i].B = out[i].B[:8]
 		}

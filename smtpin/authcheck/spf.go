@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"blitiri.com.ar/go/spf"
+	"github.com/postie/postie/internal/dnsname"
 )
 
 // SPF is the verdict of the SPF check of one transaction.
@@ -38,7 +39,7 @@ func CheckSPF(ctx context.Context, r Resolver, ip net.IP, helo, mailFrom string)
 		sender = "postmaster@" + helo
 	}
 	at := strings.LastIndexByte(sender, '@')
-	v.Domain = NormalizeDomain(sender[at+1:])
+	v.Domain = dnsname.Normalize(sender[at+1:])
 	if v.Domain == "" {
 		// An address literal or a malformed name: there is no policy to
 		// look up (RFC 7208 §4.3: "none").
