@@ -28,7 +28,6 @@ func TestNormalize(t *testing.T) {
 	}
 }
 
-
 func FuzzNormalize(f *testing.F) {
 	for _, s := range []string{"example.com", "Bücher.example.", "[1.2.3.4]", "a..b", "xn--bcher-kva.example"} {
 		f.Add(s)
