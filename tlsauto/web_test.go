@@ -169,14 +169,12 @@ func TestWebLimits(t *testing.T) {
 	}
 
 	// Per-client cap: with two connections open, a third is closed.
-	var open []net.Conn
 	for range 2 {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		open = append(open, c)
 	}
 	testutil.WaitFor(t, 5*time.Second, "two connections counted", func() bool {
 		// The cap counts accepted connections; give the accept loop a moment.
