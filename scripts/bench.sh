@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# bench.sh [TARGET...] — measure Postie with the team's shared harness
-# (../shared/bench), by default side by side with Postfix + Dovecot and with
+# bench.sh [TARGET...] — measure Postie with the team's benchmark harness
+# (its directory in BENCH_DIR: run.sh, the load generator, the peers), by
+# default side by side with Postfix + Dovecot and with
 # the go-smtp ceiling, in one run (targets postfix-dovecot gosmtp-ceiling
 # project, repetitions interleaved):
 #
-#   sudo scripts/bench.sh                      # postfix-dovecot, gosmtp-ceiling, postie; all cells
-#   sudo MATRIX="smtp-1KiB-c32 pop3-1MiB-c1" REPS=5 scripts/bench.sh
-#   sudo scripts/bench.sh postfix-dovecot project   # explicit targets: only these
+#   sudo BENCH_DIR=/path/to/bench scripts/bench.sh      # postfix-dovecot, gosmtp-ceiling, postie; all cells
+#   sudo BENCH_DIR=... MATRIX="smtp-1KiB-c32 pop3-1MiB-c1" REPS=5 scripts/bench.sh
+#   sudo BENCH_DIR=... scripts/bench.sh postfix-dovecot project   # explicit targets: only these
 #
 # gosmtp-ceiling is go-smtp (the version the harness's ceiling/go.mod names)
 # with a backend that reads each message and discards it: no checks, no
@@ -27,7 +28,7 @@
 # in smtpin measure the checks against a real DNS server).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-bench=${BENCH_DIR:-$here/../shared/bench}
+bench=${BENCH_DIR:?set BENCH_DIR to the benchmark harness directory (the one with run.sh)}
 tmp=${BENCH_TMP:-/tmp/bench}
 state=$tmp/postie
 [ -x "$bench/run.sh" ] || { echo "no harness at $bench (set BENCH_DIR)" >&2; exit 1; }
