@@ -18,10 +18,21 @@
 // before dot-stuffing.
 //
 // A bbolt write transaction keeps its dirty pages in memory until it
-// commits, so a large body goes in as 64 KiB chunks over several
-// transactions of at most [Options.FlushBytes] each, and only the last one
-// links it. The memory a delivery costs is bounded by a few flush units
-// whatever the size of the message.
+// commits, so a large body goes in as chunks of about 64 KiB, handed to the
+// committer [Options.FlushBytes] at a time, and only the last transaction
+// links it. A delivery does not wait for its flushes: it goes on reading
+// while they commit, and the committer takes whatever queued meanwhile,
+// often the delivery's Commit too, into its next transaction. That matters
+// twice over: every transaction costs two fsyncs, and bbolt rewrites the
+// leaf a delivery's body ends in (two to four chunks, as a leaf holds at
+// least two keys) once in every transaction that appends to it. Because
+// flushes are not waited for, each later write checks in its transaction
+// that the earlier ones landed (a token and a count in the pending mark).
+// What flushes hold until committed is bounded per delivery
+// ([Options.FlushAhead]) and for all of them together
+// ([Options.FlushBudget]); past either, Write waits. So the memory a
+// delivery costs is bounded whatever the size of the message, and that of
+// many deliveries at once by the budget.
 //
 // # Group commit
 //
