@@ -64,6 +64,14 @@ type Config struct {
 	// may come in on average after the first ReadTimeout.
 	DataTimeout units.Duration `toml:"data_timeout"`
 	MinDataRate units.Size     `toml:"min_data_rate"`
+	// StressThreshold is the share of MaxConnections from which the
+	// server is under stress: a session waiting for a command before MAIL
+	// (the greeting, EHLO, STARTTLS and its handshake included) then
+	// waits at most StressTimeout, so that idle connections cannot hold
+	// every slot. A message being sent is never cut short by it. 0: no
+	// stress mode.
+	StressThreshold float64        `toml:"stress_threshold"`
+	StressTimeout   units.Duration `toml:"stress_timeout"`
 
 	// DNSBL lists DNS blocklist zones (RFC 5782) asked about each client
 	// at connect; a listed client gets 554 5.7.1 naming the list and is
@@ -134,6 +142,8 @@ func DefaultConfig() Config {
 		WriteTimeout:             units.DurationOf(time.Minute),
 		DataTimeout:              units.DurationOf(30 * time.Minute),
 		MinDataRate:              500,
+		StressThreshold:          0.75,
+		StressTimeout:            units.DurationOf(10 * time.Second),
 		DNSBLTimeout:             units.DurationOf(5 * time.Second),
 		Checks: ChecksConfig{
 			DMARCReject:       true,
@@ -191,6 +201,10 @@ func (c *Config) Validate() error {
 		p.Addf("read_timeout", "%s is longer than session_timeout (%s)", c.ReadTimeout, c.SessionTimeout)
 	}
 	p.AtLeast("min_data_rate", c.MinDataRate.Bytes(), 1, " bytes per second")
+	if t := c.StressThreshold; t != 0 && (t < 0.1 || t > 1) {
+		p.Addf("stress_threshold", "%v: want a share of max_connections between 0.1 and 1, e.g. 0.75, or 0 for no stress mode", t)
+	}
+	p.Positive("stress_timeout", c.StressTimeout.D())
 	if n := c.Checks.MaxDKIMSignatures; n < 1 || n > 50 {
 		p.Addf("checks.max_dkim_signatures", "%d: want 1 to 50", n)
 	}

@@ -42,7 +42,7 @@ func TestConfigKeys(t *testing.T) {
 		"listen", "max_message_size", "max_header_size", "max_recipients", "max_line_length",
 		"max_connections", "max_connections_per_ip", "max_commands", "max_errors",
 		"max_unknown_recipients", "unknown_recipient_delay", "unknown_recipient_delay_max",
-		"session_timeout", "read_timeout", "write_timeout", "data_timeout", "min_data_rate", "dnsbl", "dnsbl_timeout",
+		"session_timeout", "read_timeout", "write_timeout", "data_timeout", "min_data_rate", "stress_threshold", "stress_timeout", "dnsbl", "dnsbl_timeout",
 		"checks.dmarc_reject", "checks.spf_fail_reject", "checks.temperror_defer", "checks.timeout", "checks.max_dkim_signatures",
 	}
 	if !slices.Equal(keys, want) {

@@ -35,6 +35,7 @@ type conn struct {
 	log          *slog.Logger
 	gen          *generation // the configuration the connection was accepted under
 	sessionTimer *time.Timer // ends the session after SessionTimeout
+	stressed     func() bool // whether the server is under stress now
 	onClose      func(*conn)
 	closeOnce    sync.Once
 
@@ -55,6 +56,8 @@ type conn struct {
 	commands       int             // command lines since the last accepted message
 	waitingCommand bool            // waiting for a command that has not started to arrive
 	dataMode       bool            // inside DATA: reads get the data-rate deadline
+	inTx           bool            // a transaction is open (MAIL accepted): stress does not shorten its waits
+	deadline       time.Time       // the read deadline set for the current command
 	bdat           bool            // inside a BDAT transaction: data mode lasts to its end
 	dataBudget     time.Duration   // how long the next DATA read may wait
 	dataEnd        time.Time       // DataTimeout after DATA began
@@ -80,12 +83,13 @@ type conn struct {
 // outMax bounds the replies held back; a larger write goes out at once.
 const outMax = 4 << 10
 
-func newConn(raw net.Conn, g *generation, log *slog.Logger, onClose func(*conn)) *conn {
+func newConn(raw net.Conn, g *generation, log *slog.Logger, onClose func(*conn), stressed func() bool) *conn {
 	c := &conn{
 		Conn:      raw,
 		log:       log,
 		gen:       g,
 		onClose:   onClose,
+		stressed:  stressed,
 		readCause: endIdle,
 	}
 	c.top = c
@@ -141,9 +145,40 @@ func (c *conn) SetReadDeadline(t time.Time) error {
 	}
 	c.readCause = endIdle
 	c.waitingCommand = true
+	if !c.inTx && c.stressed() {
+		// Under stress a session that has not started a transaction
+		// waits for its next command at most the stress timeout.
+		if st := time.Now().Add(c.gen.cfg.StressTimeout.D()); t.IsZero() || st.Before(t) {
+			t = st
+		}
+	}
+	c.deadline = t
 	err := c.Conn.SetReadDeadline(t)
 	c.mu.Unlock()
 	return err
+}
+
+// Stress shortens the wait of a session that is waiting for a command
+// before MAIL to the stress timeout from now (netserve.Stressable): the
+// server has just come under stress.
+func (c *conn) Stress() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.waitingCommand || c.dataMode || c.inTx || c.ended {
+		return
+	}
+	if st := time.Now().Add(c.gen.cfg.StressTimeout.D()); c.deadline.IsZero() || st.Before(c.deadline) {
+		c.deadline = st
+		c.Conn.SetReadDeadline(st)
+	}
+}
+
+// setTransaction records whether a transaction is open, so that stress
+// spares it.
+func (c *conn) setTransaction(open bool) {
+	c.mu.Lock()
+	c.inTx = open
+	c.mu.Unlock()
 }
 
 // beginBDAT puts a BDAT transaction (RFC 3030) under the DATA deadlines

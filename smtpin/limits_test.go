@@ -446,3 +446,86 @@ func TestStorageErrors(t *testing.T) {
 		}
 	})
 }
+
+// TestStressLetsNewSendersIn: idle connections from many addresses fill
+// every slot. Stress mode (from stress_threshold of max_connections) cuts
+// the idle ones after stress_timeout, so a new sender from a new address
+// gets its banner and delivers well within 15 s; a sender in the middle of
+// a message at a good rate is not cut.
+func TestStressLetsNewSendersIn(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *Config) {
+		c.MaxConnections = 20
+		c.MaxConnectionsPerIP = 5
+		c.StressThreshold = 0.75
+		c.StressTimeout = units.DurationOf(time.Second)
+	}))
+	// A real sender starts a message before the flood.
+	busy := e.dial()
+	busy.hello()
+	busy.expect("250 ", "MAIL FROM:<a@sender.example>")
+	busy.expect("250 ", "RCPT TO:<alice@example.test>")
+	busy.expect("354 ", "DATA")
+	busy.raw("From: a@sender.example\r\nSubject: sent during the flood\r\n\r\n")
+
+	// The flood: idle connections from four addresses up to the limit.
+	idle := 0
+	for i := 2; idle < 19; i++ {
+		for range 5 {
+			if idle == 19 {
+				break
+			}
+			c := dialFrom(t, e, fmt.Sprintf("127.0.0.%d", i))
+			if l := c.line(); !strings.HasPrefix(l, "220 ") {
+				t.Fatalf("flood connection %d: %q", idle, l)
+			}
+			idle++
+		}
+	}
+	e.logs.waitFor(t, "stress: connections near the limit")
+
+	// The busy sender keeps sending at a good rate for longer than the
+	// stress timeout, while a new sender tries to get in.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 15 {
+			time.Sleep(100 * time.Millisecond)
+			busy.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			io.WriteString(busy.conn, strings.Repeat("x", 70)+"\r\n")
+		}
+	}()
+	start := time.Now()
+	var got string
+	for time.Since(start) < 15*time.Second {
+		cl := dialFrom(t, e, "127.0.0.99")
+		if l := cl.line(); !strings.HasPrefix(l, "220 ") {
+			cl.conn.Close()
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		cl.expect("250 ", "EHLO new.example")
+		got = cl.deliver("b@sender.example", crlf("From: b@sender.example\nSubject: new sender\n\nhello\n"), alice)
+		break
+	}
+	if !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("a new sender could not deliver within 15 s of the flood (last reply %q)", got)
+	}
+	t.Logf("a new sender delivered %v after the slots filled", time.Since(start).Round(10*time.Millisecond))
+	<-done
+	busy.raw(".\r\n")
+	if r := busy.reply(); !strings.HasPrefix(r, "250 ") {
+		t.Errorf("the sender in DATA during stress got %q, want its message stored", r)
+	}
+	msgs := e.messages(alice)
+	var subjects []string
+	for _, m := range msgs {
+		for _, s := range []string{"new sender", "sent during the flood"} {
+			if strings.Contains(m, "Subject: "+s) {
+				subjects = append(subjects, s)
+			}
+		}
+	}
+	if len(subjects) != 2 {
+		t.Errorf("stored %v, want both the new sender's message and the one sent during the flood", subjects)
+	}
+}

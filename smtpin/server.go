@@ -123,7 +123,12 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		log:      deps.Logger,
 		sample:   deps.Sample,
 		metrics:  deps.Metrics,
-		base:     netserve.New(netserve.Config{Name: "smtp", MaxConnections: cfg.MaxConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP, Logger: deps.Logger}),
+		base: netserve.New(netserve.Config{
+			Name: "smtp", MaxConnections: cfg.MaxConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
+			StressAt: netserve.StressAt(cfg.MaxConnections, cfg.StressThreshold),
+			OnStress: func(on bool) { deps.Metrics.Stress("smtp", on) },
+			Logger:   deps.Logger,
+		}),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -233,7 +238,7 @@ func (s *Server) handoff(raw net.Conn) {
 	s.mu.Lock()
 	g := s.gen
 	id := s.nextID.Add(1)
-	c := newConn(raw, g, s.log.With("conn", id, "remote", netserve.RemoteIP(raw).String()), s.closed)
+	c := newConn(raw, g, s.log.With("conn", id, "remote", netserve.RemoteIP(raw).String()), s.closed, s.base.Stressed)
 	if !s.base.Track(c) {
 		s.mu.Unlock()
 		c.sessionTimer.Stop()

@@ -100,6 +100,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.mu.Lock()
 	s.tx = t
 	s.mu.Unlock()
+	s.c.setTransaction(true)
 	return nil
 }
 
@@ -228,6 +229,7 @@ func (s *session) Reset() {
 	s.mu.Unlock()
 	if t != nil {
 		t.cancel()
+		s.c.setTransaction(false)
 	}
 }
 

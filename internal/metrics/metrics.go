@@ -33,6 +33,8 @@ type Metrics struct {
 	pop3Logins   *prometheus.CounterVec
 	pop3Messages *prometheus.CounterVec
 	pop3Bytes    prometheus.Counter
+	stress       *prometheus.CounterVec
+	stressed     *prometheus.GaugeVec
 }
 
 // New makes the collectors and registers them, with the Go runtime's and
@@ -60,7 +62,13 @@ func New() *Metrics {
 	m.pop3Bytes = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "postie_pop3_sent_bytes_total", Help: "Message bytes sent by RETR and TOP.",
 	})
-	m.reg.MustRegister(m.smtpConns, m.smtpMessages, m.smtpVerdicts, m.smtpBytes, m.pop3Logins, m.pop3Messages, m.pop3Bytes,
+	m.stress = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postie_stress_total", Help: "Times a service entered stress mode (connections near the limit: short timeouts before real work), by service (smtp, pop3).",
+	}, []string{"service"})
+	m.stressed = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "postie_stress", Help: "1 while a service is in stress mode, by service.",
+	}, []string{"service"})
+	m.reg.MustRegister(m.smtpConns, m.smtpMessages, m.smtpVerdicts, m.smtpBytes, m.pop3Logins, m.pop3Messages, m.pop3Bytes, m.stress, m.stressed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -109,6 +117,20 @@ func (m *Metrics) POP3Session(retrieved, deleted int, bytes int64) {
 		m.pop3Messages.WithLabelValues("retrieved").Add(float64(retrieved))
 		m.pop3Messages.WithLabelValues("deleted").Add(float64(deleted))
 		m.pop3Bytes.Add(float64(bytes))
+	}
+}
+
+// Stress records that a service ("smtp", "pop3") entered or left stress
+// mode.
+func (m *Metrics) Stress(service string, on bool) {
+	if m == nil {
+		return
+	}
+	if on {
+		m.stress.WithLabelValues(service).Inc()
+		m.stressed.WithLabelValues(service).Set(1)
+	} else {
+		m.stressed.WithLabelValues(service).Set(0)
 	}
 }
 

@@ -19,11 +19,19 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/postie/postie/internal/connlimit"
 )
+
+// Stressable is a Session that shortens its waits under stress: a session
+// that has not yet started real work (no MAIL in SMTP, no login in POP3)
+// and is waiting for the client gets at most the stress timeout from now.
+type Stressable interface {
+	Stress()
+}
 
 // Session is a live session as the skeleton sees it.
 type Session interface {
@@ -44,15 +52,25 @@ type Config struct {
 	// /64); 0 means no limit.
 	MaxConnections      int
 	MaxConnectionsPerIP int
+	// StressAt is the number of open connections from which the server is
+	// under stress (Postfix's stress mode): sessions that do no real work
+	// yet get short timeouts, so that idle peers cannot hold every slot.
+	// It leaves stress below four fifths of it. 0: never.
+	StressAt int
+	// OnStress, if not nil, is told when stress begins and ends (metrics).
+	OnStress func(on bool)
 	// Logger receives the skeleton's log lines; nil discards them.
 	Logger *slog.Logger
 }
 
 // Server accepts connections and keeps track of sessions. Make it with New.
 type Server struct {
-	name    string
-	log     *slog.Logger
-	limiter *connlimit.Limiter
+	name     string
+	log      *slog.Logger
+	limiter  *connlimit.Limiter
+	stressAt int
+	onStress func(bool)
+	stressed atomic.Bool
 
 	// ctx is cancelled once Shutdown is over, or as soon as it gives up
 	// waiting: it is the parent of the sessions' work.
@@ -72,6 +90,8 @@ func New(cfg Config) *Server {
 		name:      cfg.Name,
 		log:       cfg.Logger,
 		limiter:   connlimit.NewLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
+		stressAt:  cfg.StressAt,
+		onStress:  cfg.OnStress,
 		listeners: map[net.Listener]struct{}{},
 		sessions:  map[Session]struct{}{},
 	}
@@ -126,7 +146,48 @@ func (s *Server) Serve(l net.Listener, reject connlimit.Rejecter, handle func(ne
 			return fmt.Errorf("%s: accept on %s: %w", s.name, l.Addr(), err)
 		}
 		delay = 0
+		s.updateStress()
 		handle(c)
+	}
+}
+
+// StressAt returns the number of connections at which stress begins for a
+// limit of connections and a threshold (a fraction, such as 0.75).
+func StressAt(limit int, threshold float64) int {
+	if threshold <= 0 || limit <= 0 {
+		return 0
+	}
+	return max(1, int(float64(limit)*threshold+0.5))
+}
+
+// Stressed reports whether the server is under stress now.
+func (s *Server) Stressed() bool { return s.stressed.Load() }
+
+// updateStress enters or leaves stress after the count of open
+// connections changed. Entering it tells every session that can shorten
+// its wait; leaving needs the count to fall below four fifths of StressAt,
+// so that a server at the threshold does not flap.
+func (s *Server) updateStress() {
+	if s.stressAt <= 0 {
+		return
+	}
+	open := s.limiter.Open()
+	switch {
+	case open >= s.stressAt && s.stressed.CompareAndSwap(false, true):
+		s.log.Warn("stress: connections near the limit; waits before real work are shortened", "service", s.name, "open", open, "stress_at", s.stressAt)
+		if s.onStress != nil {
+			s.onStress(true)
+		}
+		for _, sess := range s.Sessions() {
+			if st, ok := sess.(Stressable); ok {
+				st.Stress()
+			}
+		}
+	case open < s.stressAt*4/5 && s.stressed.CompareAndSwap(true, false):
+		s.log.Info("stress over", "service", s.name, "open", open)
+		if s.onStress != nil {
+			s.onStress(false)
+		}
 	}
 }
 
@@ -161,6 +222,7 @@ func (s *Server) Done(sess Session) {
 	if ok {
 		s.live.Done()
 	}
+	s.updateStress()
 }
 
 // Closing reports whether Shutdown has been called.
