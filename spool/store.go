@@ -238,6 +238,14 @@ func Open(opts Options) (*Store, error) {
 		// this costs no memory.
 		InitialMmapSize: 256 << 20,
 		MaxSize:         int(opts.MaxSize),
+		// bbolt otherwise writes the whole freelist in every commit:
+		// after a client deleted 400 MiB, 800 KB for each transaction,
+		// which halved the rate of small deliveries (1 KiB x32: 8k
+		// msgs/s, 17k without). Unsynced, Open rebuilds it by walking
+		// the tree instead (measured: 2.5 ms -> ~130 ms for an 850 MiB
+		// file, page cache warm). Safe: the freelist is derived data,
+		// and an older postie rebuilds it the same way.
+		NoFreelistSync: true,
 	}
 	db, err := bbolt.Open(opts.Path, 0o600, bo)
 	if err != nil {

@@ -554,3 +554,56 @@ func TestNormalisationAcrossWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestSpaceReusedAfterReopen: the freelist is not stored (NoFreelistSync),
+// so Open rebuilds it; space that deletions freed before a restart must be
+// used again after it instead of growing the file, and the file must
+// verify, also read-only.
+func TestSpaceReusedAfterReopen(t *testing.T) {
+	s := openTest(t, nil)
+	mustAddAccount(t, s, "alice@example.com")
+	body := strings.Repeat(strings.Repeat("r", 78)+"\r\n", 4<<20/80)
+	for range 8 {
+		deliver(t, s, body, "alice@example.com")
+	}
+	m := openDrop(t, s, "alice@example.com")
+	all := make([]int, len(m.Messages()))
+	for i := range all {
+		all[i] = i
+	}
+	if err := m.Commit(context.Background(), all); err != nil {
+		t.Fatal(err)
+	}
+	before, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := s.Path()
+	s.Close()
+	opts := DefaultOptions()
+	opts.Path, opts.HashParams = path, fastHash
+	s2, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	for range 6 {
+		deliver(t, s2, body, "alice@example.com")
+	}
+	after, err := s2.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.FileSize > before.FileSize {
+		t.Errorf("the file grew from %d to %d bytes though 32 MiB had been freed for 24 MiB of new mail", before.FileSize, after.FileSize)
+	}
+	checkVerify(t, s2)
+	s2.Close()
+	problems, err := VerifyFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("VerifyFile: %v", p)
+	}
+}
