@@ -30,6 +30,17 @@ type Config struct {
 	// LoginTimeout bounds the time from connect (TLS handshake included) to
 	// a successful login.
 	LoginTimeout units.Duration `toml:"login_timeout"`
+	// HandshakeTimeout bounds a TLS handshake (the implicit-TLS port, and
+	// after STLS), whatever the other timeouts leave: a client that
+	// connects and says nothing holds a slot this long at most.
+	HandshakeTimeout units.Duration `toml:"handshake_timeout"`
+	// StressThreshold is the share of MaxConnections from which the
+	// server is under stress: a session that has not logged in (its TLS
+	// handshake included) then waits at most StressTimeout for the
+	// client, so that idle connections cannot hold every slot. A
+	// logged-in session is never cut short by it. 0: no stress mode.
+	StressThreshold float64        `toml:"stress_threshold"`
+	StressTimeout   units.Duration `toml:"stress_timeout"`
 	// SessionTimeout bounds a whole session, from connect to close.
 	SessionTimeout units.Duration `toml:"session_timeout"`
 	// WriteTimeout bounds each write to the client: a client that stops
@@ -89,6 +100,9 @@ func DefaultConfig() Config {
 		PlaintextLoginNetworks: []string{"127.0.0.0/8", "::1/128"},
 		IdleTimeout:            units.DurationOf(10 * time.Minute),
 		LoginTimeout:           units.DurationOf(3 * time.Minute),
+		HandshakeTimeout:       units.DurationOf(10 * time.Second),
+		StressThreshold:        0.75,
+		StressTimeout:          units.DurationOf(10 * time.Second),
 		SessionTimeout:         units.DurationOf(2 * time.Hour),
 		WriteTimeout:           units.DurationOf(2 * time.Minute),
 		MaxLineLength:          8 << 10,
@@ -148,6 +162,11 @@ func (c *Config) check(p *confkit.Problems) {
 	}
 	p.Positive("idle_timeout", c.IdleTimeout.D())
 	p.Positive("login_timeout", c.LoginTimeout.D())
+	p.Positive("handshake_timeout", c.HandshakeTimeout.D())
+	p.Positive("stress_timeout", c.StressTimeout.D())
+	if t := c.StressThreshold; t != 0 && (t < 0.1 || t > 1) {
+		p.Addf("stress_threshold", "%v: want a share of max_connections between 0.1 and 1, e.g. 0.75, or 0 for no stress mode", t)
+	}
 	p.Positive("session_timeout", c.SessionTimeout.D())
 	p.Positive("write_timeout", c.WriteTimeout.D())
 	p.Positive("failed_login_delay", c.FailedLoginDelay.D())

@@ -117,8 +117,13 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		deps:       deps,
 		log:        deps.Logger,
 		lastLogins: map[spool.Login]time.Time{},
-		base:       netserve.New(netserve.Config{Name: "pop3", MaxConnections: cfg.MaxConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP, Logger: deps.Logger}),
-		penalty:    penalty.New(penaltyConfig(cfg, deps.Now)),
+		base: netserve.New(netserve.Config{
+			Name: "pop3", MaxConnections: cfg.MaxConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
+			StressAt: netserve.StressAt(cfg.MaxConnections, cfg.StressThreshold),
+			OnStress: func(on bool) { deps.Metrics.Stress("pop3", on) },
+			Logger:   deps.Logger,
+		}),
+		penalty: penalty.New(penaltyConfig(cfg, deps.Now)),
 	}
 	s.settings.Store(st)
 	if deps.TLS != nil {

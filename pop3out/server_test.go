@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"regexp"
@@ -477,4 +478,87 @@ func TestPenaltyDelaysNextLogin(t *testing.T) {
 	cancel()
 	e.srv.Shutdown(ctx)
 	c.expectClosed()
+}
+
+// TestStressLetsClientsIn: silent connections to the TLS port from many
+// addresses hold every slot. A connection that never starts its TLS
+// handshake is dropped after handshake_timeout at all times; under stress
+// (stress_threshold of max_connections) the idle ones go after
+// stress_timeout, so a mail app from a new address logs in; a logged-in
+// session is not cut.
+func TestStressLetsClientsIn(t *testing.T) {
+	e := newEnv(t, envOptions{config: func(c *Config) {
+		c.MaxConnections = 12
+		c.MaxConnectionsPerIP = 4
+		c.HandshakeTimeout = units.DurationOf(time.Minute)
+		c.StressThreshold = 0.75
+		c.StressTimeout = units.DurationOf(time.Second)
+	}})
+	// A mail app logs in before the flood and stays.
+	app := e.dialTLS()
+	app.expect("+OK ")
+	app.login(alice, password)
+
+	dial := func(src string) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+		return d.Dial("tcp", e.tlsAddr)
+	}
+	for i := range 11 {
+		c, err := dial(fmt.Sprintf("127.0.0.%d", 2+i/4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	e.waitLog("stress: connections near the limit")
+
+	start := time.Now()
+	logged := false
+	for !logged && time.Since(start) < 15*time.Second {
+		raw, err := dial("127.0.0.99")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := tls.Client(raw, e.ca.ClientConfig(tlsName))
+		tc.SetDeadline(time.Now().Add(5 * time.Second))
+		if tc.Handshake() != nil {
+			raw.Close()
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		c := newClient(t, tc)
+		c.expect("+OK ")
+		c.login(bob, password)
+		c.cmd("+OK", "QUIT")
+		logged = true
+	}
+	if !logged {
+		t.Fatal("a new client could not log in within 15 s of the flood")
+	}
+	t.Logf("a new client logged in %v after the slots filled", time.Since(start).Round(10*time.Millisecond))
+	// The session that was logged in before goes on.
+	app.cmd("+OK", "STAT")
+	app.cmd("+OK", "QUIT")
+}
+
+// TestHandshakeTimeout: a client that connects to the TLS port and says
+// nothing is dropped after handshake_timeout, not after login_timeout.
+func TestHandshakeTimeout(t *testing.T) {
+	e := newEnv(t, envOptions{config: func(c *Config) {
+		c.HandshakeTimeout = units.DurationOf(300 * time.Millisecond)
+		c.StressThreshold = 0
+	}})
+	c, err := net.Dial("tcp", e.tlsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the server sent something to a client that never started TLS")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("the server held a silent connection for 10 s")
+	}
+	t.Logf("dropped after %v", time.Since(start).Round(10*time.Millisecond))
 }

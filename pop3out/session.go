@@ -83,11 +83,12 @@ type session struct {
 
 	// Shutdown: idle is set while the session waits for a command in the
 	// AUTHORIZATION state, when Shutdown may close it at once.
-	mu      sync.Mutex
-	idle    bool
-	closed  bool
-	revoked bool          // closed because the maildrop was taken away
-	done    chan struct{} // closed when the session ends
+	mu          sync.Mutex
+	idle        bool
+	handshaking bool // in the TLS handshake before login
+	closed      bool
+	revoked     bool          // closed because the maildrop was taken away
+	done        chan struct{} // closed when the session ends
 }
 
 func newSession(srv *Server, c net.Conn, implicitTLS bool) *session {
@@ -121,9 +122,16 @@ type sessionIO struct{ s *session }
 
 func (sio sessionIO) Read(p []byte) (int, error) {
 	s := sio.s
-	d := time.Now().Add(s.st.cfg.IdleTimeout.D())
-	if s.state == stateAuthorization && s.loginDeadline.Before(d) {
-		d = s.loginDeadline
+	now := time.Now()
+	d := now.Add(s.st.cfg.IdleTimeout.D())
+	if s.state == stateAuthorization {
+		if s.loginDeadline.Before(d) {
+			d = s.loginDeadline
+		}
+		if st := now.Add(s.st.cfg.StressTimeout.D()); s.srv.base.Stressed() && st.Before(d) {
+			// Under stress, a client that has not logged in gets little time.
+			d = st
+		}
 	}
 	if s.sessionDeadline.Before(d) {
 		d = s.sessionDeadline
@@ -306,20 +314,42 @@ func (s *session) handshake() error {
 		cfg = s.srv.notReady
 		s.log.Warn("pop3 TLS refused: no certificate yet")
 	}
-	d := time.Now().Add(s.st.cfg.IdleTimeout.D())
+	now := time.Now()
+	d := now.Add(s.st.cfg.HandshakeTimeout.D())
 	if s.loginDeadline.Before(d) {
 		d = s.loginDeadline
+	}
+	if st := now.Add(s.st.cfg.StressTimeout.D()); s.srv.base.Stressed() && st.Before(d) {
+		d = st
 	}
 	if err := s.raw.SetDeadline(d); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	s.handshaking = true
+	s.mu.Unlock()
 	tc := tls.Server(s.raw, cfg)
-	if err := tc.HandshakeContext(s.srv.ctx); err != nil {
+	err := tc.HandshakeContext(s.srv.ctx)
+	s.mu.Lock()
+	s.handshaking = false
+	s.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("TLS handshake: %w", err)
 	}
 	s.conn = tc
 	s.tls = true
 	return nil
+}
+
+// Stress cuts the wait of a session that has not logged in and is waiting
+// for the client (a command, or its side of the TLS handshake) to the
+// stress timeout from now (netserve.Stressable).
+func (s *session) Stress() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if (s.idle || s.handshaking) && !s.closed {
+		s.raw.SetReadDeadline(time.Now().Add(s.st.cfg.StressTimeout.D()))
+	}
 }
 
 // Drain closes the connection of a session that is waiting for a command
