@@ -3,7 +3,6 @@ package spool
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"io"
 	"path/filepath"
 	"sync"
@@ -90,8 +89,6 @@ func readAll(t testing.TB, m *Maildrop, i int) []byte {
 	}
 	return b
 }
-
-func sum(b []byte) [32]byte { return sha256.Sum256(b) }
 
 func checkVerify(t testing.TB, s *Store) {
 	t.Helper()

@@ -507,7 +507,7 @@ func deleteChunks(tx *bbolt.Tx, id uint64) error {
 	prefix := u64(id)
 	var keys [][]byte
 	c := b.Cursor()
-	for k, _ := c.Seek(prefix); k != nil && len(k) == 12 && beUint64(k) == id; k, _ = c.Next() {
+	for k, _ := c.Seek(prefix); len(k) == 12 && beUint64(k) == id; k, _ = c.Next() {
 		keys = append(keys, append([]byte(nil), k...))
 	}
 	for _, k := range keys {
