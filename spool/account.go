@@ -7,12 +7,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/postie/postie/internal/connlimit"
 	"go.etcd.io/bbolt"
 )
 
@@ -28,6 +30,70 @@ type accountRecord struct {
 	LastIP     string         `json:"last_ip,omitempty"`
 	Devices    []deviceRecord `json:"devices,omitempty"`
 	NextDevice uint32         `json:"next_device,omitempty"`
+	// Networks are the client networks (connlimit.Network: an IPv4
+	// address, an IPv6 /64) that logged in to the account, with the last
+	// time: at most maxKnownNetworks, none older than knownNetworkAge.
+	// Failures from elsewhere do not slow them down (KnownNetwork).
+	Networks map[string]time.Time `json:"networks,omitempty"`
+}
+
+// The networks an account remembers, and for how long.
+const (
+	maxKnownNetworks = 32
+	knownNetworkAge  = 30 * 24 * time.Hour
+)
+
+// rememberNetwork records a successful login from remoteIP's network,
+// forgetting networks older than knownNetworkAge and, past
+// maxKnownNetworks, the least recent.
+func (a *accountRecord) rememberNetwork(remoteIP string, now time.Time) {
+	ip, err := netip.ParseAddr(remoteIP)
+	if err != nil {
+		return
+	}
+	if a.Networks == nil {
+		a.Networks = map[string]time.Time{}
+	}
+	a.Networks[connlimit.Network(ip).String()] = now
+	for n, t := range a.Networks {
+		if now.Sub(t) > knownNetworkAge {
+			delete(a.Networks, n)
+		}
+	}
+	for len(a.Networks) > maxKnownNetworks {
+		oldest := ""
+		for n, t := range a.Networks {
+			if oldest == "" || t.Before(a.Networks[oldest]) {
+				oldest = n
+			}
+		}
+		delete(a.Networks, oldest)
+	}
+}
+
+// KnownNetwork reports whether a client at ip logged in to the account
+// addr successfully within the last 30 days (from ip's network: the
+// address itself, or its IPv6 /64). An unknown account has no known
+// networks.
+func (s *Store) KnownNetwork(addr string, ip netip.Addr) (bool, error) {
+	addr, err := NormalizeAddress(addr)
+	if err != nil {
+		return false, nil
+	}
+	known := false
+	err = s.view(func(tx *bbolt.Tx) error {
+		a, err := getAccount(tx, addr)
+		if errors.Is(err, ErrNoSuchAccount) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		t, ok := a.Networks[connlimit.Network(ip).String()]
+		known = ok && s.opts.Now().Sub(t) <= knownNetworkAge
+		return nil
+	})
+	return known, err
 }
 
 // deviceRecord is one device password of an account.

@@ -95,7 +95,8 @@ func (m *Maildrop) Revoked() <-chan struct{} { return m.lock.revoked }
 
 // OpenMaildrop locks the view of the logged-in device and snapshots it. It
 // fails with ErrMaildropLocked when another session holds that view, and
-// records the login time and remoteIP for the device.
+// records the login time and remoteIP for the device, and remoteIP's
+// network as one the account logs in from (KnownNetwork).
 func (s *Store) OpenMaildrop(ctx context.Context, login Login, remoteIP string) (*Maildrop, error) {
 	l := s.lockDevice(login.Account, login.Device)
 	if l == nil {
@@ -108,6 +109,7 @@ func (s *Store) OpenMaildrop(ctx context.Context, login Login, remoteIP string) 
 		if err != nil {
 			return err
 		}
+		a.rememberNetwork(remoteIP, now)
 		if login.Device == 0 {
 			a.LastLogin, a.LastIP = now, remoteIP
 		} else if d := a.device(login.Device); d != nil {

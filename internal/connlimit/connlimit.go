@@ -93,7 +93,13 @@ func ClientKey(addr net.Addr) netip.Prefix {
 	if err != nil {
 		return netip.Prefix{}
 	}
-	ip := ap.Addr().Unmap()
+	return Network(ap.Addr())
+}
+
+// Network returns the group an IP address counts against: the IPv4
+// address, or the /64 of an IPv6 address (IPv4-mapped addresses unmapped).
+func Network(ip netip.Addr) netip.Prefix {
+	ip = ip.Unmap()
 	bits := 32
 	if ip.Is6() {
 		bits = 64
