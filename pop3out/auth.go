@@ -151,11 +151,36 @@ const maxKeyLength = 320
 // authenticate checks a password and, when it is right, opens the
 // maildrop. The failure answer and the time it takes are the same for an
 // unknown user and a wrong password.
+//
+// Guessing is bounded per account whatever the number of connections: a
+// check from a network the account has not logged in from waits for the
+// account's gate (one such check at a time) and then for the penalty of
+// the account's earlier failures as well as its own network's. A network
+// the account logged in from in the last 30 days (spool.KnownNetwork) only
+// waits out its own network's failures: strangers guessing cannot make the
+// owner's phone wait.
 func (s *session) authenticate(user, password string) reply {
-	keys := []string{s.netKey, "user:" + userKey(user)}
-	// Wait out earlier failures of this network or this account first,
-	// whatever this attempt's outcome will be.
+	acct := userKey(user)
+	keys := []string{s.netKey}
+	known, err := s.srv.deps.Store.KnownNetwork(acct, s.ip)
+	if err != nil {
+		s.log.Error("pop3 login: the spool failed", "user", acct, "err", err)
+	}
+	if !known {
+		keys = append(keys, "user:"+acct)
+		leave, err := s.srv.gate.enter(s.srv.ctx, acct)
+		if err != nil {
+			r := fail("SYS/TEMP", "server shutting down")
+			r.close = true
+			return r
+		}
+		defer leave()
+	}
+	// Wait out earlier failures of this network (and of this account, for
+	// a stranger) first, whatever this attempt's outcome will be.
 	if d := s.srv.penalty.Delay(keys...); d > 0 {
+		s.srv.deps.Metrics.POP3Login("delayed")
+		s.log.Info("pop3 login delayed after earlier failures", "user", acct, "delay", d.Round(time.Millisecond), "known_network", known)
 		if !s.sleep(d) {
 			r := fail("SYS/TEMP", "server shutting down")
 			r.close = true

@@ -46,6 +46,7 @@ type Server struct {
 	tls      *tls.Config // deps.TLS with the POP3 ALPN; nil without TLS
 	notReady *tls.Config // fails every handshake: no certificate yet
 	penalty  *penalty.Table
+	gate     *gate // one password check at a time per account, for strangers
 	// base accepts, limits and tracks connections (one total across
 	// every listener) and runs Shutdown. Its Context ends when Shutdown
 	// gives up on sessions in flight.
@@ -124,6 +125,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			Logger:   deps.Logger,
 		}),
 		penalty: penalty.New(penaltyConfig(cfg, deps.Now)),
+		gate:    newGate(),
 	}
 	s.settings.Store(st)
 	if deps.TLS != nil {
