@@ -99,8 +99,11 @@ type Options struct {
 	// at once no faster.
 	FlushBudget int `toml:"-"`
 	// FlushAhead bounds the part of FlushBudget one delivery may take.
-	// Default 2 MiB: twice that gained nothing measurable and doubled the
-	// heap growth of a single large delivery.
+	// Default 2 MiB. Measured for 20 MiB deliveries two at a time, and
+	// the heap growth of one 50 MiB delivery: 1 MiB wrote 1.27 bytes per
+	// byte stored, heap +5 MiB; 2 MiB 1.13, +7 MiB; 3 MiB 1.09, +10.5 MiB;
+	// 8 MiB, +25 MiB. (The heap holds what is in flight about twice:
+	// bbolt copies every value into its own page buffers to write it.)
 	FlushAhead int `toml:"-"`
 	// OpenTimeout is how long Open waits for the file lock. Default 250ms.
 	OpenTimeout time.Duration `toml:"-"`
