@@ -16,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/postie/postie/internal/control"
+	"github.com/postie/postie/internal/passpolicy"
 	"github.com/postie/postie/internal/units"
 	"github.com/postie/postie/spool"
 )
@@ -180,7 +181,8 @@ func cmdUser(env *cliEnv, args []string) error {
 }
 
 // readPassword reads a new password: without echo, twice, on a terminal;
-// the first line of standard input otherwise (so scripts can pipe it).
+// the first line of standard input otherwise (so scripts can pipe it). A
+// weak one is refused with the reason (passpolicy).
 func readPassword(env *cliEnv, addr string) (string, error) {
 	if f, ok := env.stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		fmt.Fprintf(env.stderr, "New password for %s: ", addr)
@@ -198,14 +200,14 @@ func readPassword(env *cliEnv, addr string) (string, error) {
 		if string(p1) != string(p2) {
 			return "", errors.New("the passwords differ")
 		}
-		return string(p1), spool.CheckPasswordStrength(string(p1))
+		return string(p1), passpolicy.Check(string(p1), addr)
 	}
 	line, err := bufio.NewReader(io.LimitReader(env.stdin, 4096)).ReadString('\n')
 	if err != nil && err != io.EOF {
 		return "", fmt.Errorf("read password from standard input: %w", err)
 	}
 	pw := strings.TrimRight(line, "\r\n")
-	return pw, spool.CheckPasswordStrength(pw)
+	return pw, passpolicy.Check(pw, addr)
 }
 
 func liveNote(a control.Admin) string {

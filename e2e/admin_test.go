@@ -57,13 +57,18 @@ func TestAdminCommandsWhileServing(t *testing.T) {
 	if out := s.curlPOP3(t, alice, password, "1"); !strings.Contains(out, "Subject: first") {
 		t.Fatalf("new account cannot fetch: %s", out)
 	}
-	// Refusals: a weak password, a foreign domain, a duplicate.
+	// Refusals: weak passwords (short, common, the address), a foreign
+	// domain, a duplicate.
 	for _, c := range []struct {
 		stdin string
 		args  []string
 		want  string
 	}{
 		{"short\n", []string{"user", "add", "bob@" + domain}, "too weak"},
+		{"password12\n", []string{"user", "add", "bob@" + domain}, "could be guessed"},
+		{"aaaaaaaaaaaa\n", []string{"user", "add", "bob@" + domain}, "could be guessed"},
+		{"bob@" + domain + "\n", []string{"user", "add", "bob@" + domain}, "the address itself"},
+		{"0000000000\n", []string{"user", "passwd", alice}, "too weak"},
 		{password + "\n", []string{"user", "add", "bob@elsewhere.test"}, "not in one of the configured domains"},
 		{password + "\n", []string{"user", "add", alice}, "already exists"},
 	} {

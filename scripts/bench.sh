@@ -67,7 +67,7 @@ export PROJECT_NAME=postie
 export PROJECT_SMTP_ADDR=127.0.0.1:30125 PROJECT_POP3_ADDR=127.0.0.1:30210 PROJECT_POP3S_ADDR=127.0.0.1:30295
 export PROJECT_STARTTLS=1 PROJECT_STLS=1
 export PROJECT_DOMAIN=bench.test PROJECT_USER_FMT='bench%d@bench.test' PROJECT_RCPT_FMT='bench%d@bench.test'
-export PROJECT_PASS=benchpass10
+export PROJECT_PASS=bench-Kite-Orbit-7421
 export PROJECT_START_CMD="exec $state/postie serve -config $state/postie.toml"
 export PROJECT_ADDUSER_CMD="echo {pass} | $state/postie user add {addr} -config $state/postie.toml"
 export PROJECT_DESC="postie $(cd "$here" && git describe --always --dirty 2>/dev/null)"
