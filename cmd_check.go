@@ -53,6 +53,13 @@ func cmdCheck(env *cliEnv, args []string) error {
 	defer cancel()
 	findings := setupcheck.Run(ctx, p, r)
 	problems := printFindings(env.stdout, findings)
+	if modes := checkFileModes(cfg); len(modes) > 0 {
+		fmt.Fprintf(env.stdout, "\nFile permissions:\n")
+		for _, f := range modes {
+			fmt.Fprintf(env.stdout, "  %s\n", f)
+			problems++
+		}
+	}
 	fmt.Fprintf(env.stdout, "\nPostmaster mail (RFC 5321 requires accepting it; DMARC and TLS reports go there):\n")
 	for _, l := range smtpin.DescribePostmaster(cfg.SMTP) {
 		fmt.Fprintf(env.stdout, "  %s\n", l)

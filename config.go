@@ -56,7 +56,8 @@ type Config struct {
 	Watchdog   WatchdogConfig   `toml:"watchdog"`
 	Autoconfig AutoconfigConfig `toml:"autoconfig"`
 
-	local bool // "postie local": no DNS
+	local bool   // "postie local": no DNS
+	path  string // the file it was read from ("" for "postie local")
 }
 
 // LogConfig is the [log] table.
@@ -131,6 +132,7 @@ func parseConfig(name string, r io.Reader) (Config, error) {
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("config %s:\n%w", name, err)
 	}
+	c.path = name
 	return c, nil
 }
 

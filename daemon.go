@@ -69,6 +69,12 @@ func startDaemon(ctx context.Context, logOut io.Writer, cfg Config) (_ *daemon, 
 			d.close()
 		}
 	}()
+	for _, f := range checkFileModes(cfg) {
+		if f.fatal {
+			return nil, fmt.Errorf("refusing to start: %s", f)
+		}
+		d.log.Warn("file permissions", "path", f.path, "problem", f.problem, "fix", f.fix)
+	}
 	for _, step := range []func(context.Context) error{d.openSpool, d.startTLS, d.newServers, d.bind} {
 		if err := step(ctx); err != nil {
 			return nil, err

@@ -323,3 +323,29 @@ func TestQuotaFromTheCommandLine(t *testing.T) {
 		t.Fatalf("%d messages stored, want 1", n)
 	}
 }
+
+// TestServeChecksFileModes: a data directory others can write makes serve
+// refuse to start, naming the chmod that fixes it; one others can read
+// only gets a warning, in the log and in postie check.
+func TestServeChecksFileModes(t *testing.T) {
+	s := newServer(t, serverOptions{})
+	if err := s.proc.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(s.dir, "data")
+	os.Chmod(data, 0o777)
+	out, err := exec.Command(postieBin, "serve", "-config", s.config).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "refusing to start") || !strings.Contains(string(out), "chmod 700 "+data) {
+		t.Fatalf("serve with a world-writable data directory: %v\n%s", err, out)
+	}
+	os.Chmod(data, 0o755)
+	s.start(t)
+	s.proc.waitLog(t, "file permissions")
+	if !strings.Contains(s.proc.logs(), "chmod 700 "+data) {
+		t.Errorf("the warning does not say how to fix it:\n%s", s.proc.logs())
+	}
+	out, _ = exec.Command(postieBin, "check", "-config", s.config).CombinedOutput()
+	if !strings.Contains(string(out), "File permissions:") || !strings.Contains(string(out), "chmod 700 "+data) {
+		t.Errorf("postie check does not report the data directory:\n%s", out)
+	}
+}
