@@ -2,13 +2,17 @@ package pop3out
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -181,5 +185,79 @@ func BenchmarkLogin(b *testing.B) {
 				b.StartTimer()
 			}
 		})
+	}
+}
+
+// BenchmarkGuessRate measures the guesses per minute that reach the
+// password check for one account with the default penalties (2 s doubling
+// to 15 s, auth_duration), from 1, 10 and 60 parallel connections spread
+// over 10 addresses, during GUESS_SECONDS (default 60) each:
+// go test -run XXX -bench GuessRate -benchtime 1x ./pop3out/
+func BenchmarkGuessRate(b *testing.B) {
+	window := 60 * time.Second
+	if v, err := strconv.Atoi(os.Getenv("GUESS_SECONDS")); err == nil && v > 0 {
+		window = time.Duration(v) * time.Second
+	}
+	for _, conns := range []int{1, 10, 60} {
+		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) {
+			for range b.N {
+				e := newEnv(b, envOptions{config: func(c *Config) {
+					d := DefaultConfig()
+					c.FailedLoginDelay, c.FailedLoginDelayMax, c.AuthDuration = d.FailedLoginDelay, d.FailedLoginDelayMax, d.AuthDuration
+					c.MaxAuthFailures, c.MaxErrors = 1<<20, 1<<20
+				}})
+				var guesses atomic.Int64
+				stop := make(chan struct{})
+				var wg sync.WaitGroup
+				for i := range conns {
+					wg.Go(func() { guessLoop(b, e, fmt.Sprintf("127.0.3.%d", 1+i%10), stop, &guesses) })
+				}
+				time.Sleep(window)
+				n := guesses.Load()
+				close(stop)
+				e.srv.Shutdown(canceled())
+				wg.Wait()
+				b.ReportMetric(float64(n)/window.Minutes(), "guesses/min")
+			}
+		})
+	}
+}
+
+// canceled returns a context that is already done.
+func canceled() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}
+
+// guessLoop sends wrong passwords for alice over one connection from src
+// until stop, counting the answers.
+func guessLoop(b *testing.B, e *env, src string, stop <-chan struct{}, guesses *atomic.Int64) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", e.addr)
+	if err != nil {
+		b.Error(err)
+		return
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	if l, _ := r.ReadString('\n'); !strings.HasPrefix(l, "+OK") {
+		return
+	}
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		fmt.Fprintf(c, "USER %s\r\nPASS guess%d\r\n", alice, i)
+		r.ReadString('\n')
+		l, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if strings.HasPrefix(l, "-ERR [AUTH]") {
+			guesses.Add(1)
+		}
 	}
 }

@@ -498,3 +498,54 @@ func TestMemoryBounded(t *testing.T) {
 		t.Errorf("the server holds %.1f MiB for %d sessions halfway through their messages; it should stream them", float64(held)/(1<<20), clients)
 	}
 }
+
+// BenchmarkStressNewSender measures, with the default limits (200
+// connections, 20 per address, stress from 75%, stress_timeout 10s), how
+// long a new sender from a new address waits to deliver while 300 idle
+// connections from 15 addresses try to hold every slot. Run it once:
+// go test -run XXX -bench StressNewSender -benchtime 1x ./smtpin/
+func BenchmarkStressNewSender(b *testing.B) {
+	for range b.N {
+		e := newEnv(b, func(c *Config, _ *Deps) {
+			d := DefaultConfig()
+			c.MaxConnections, c.MaxConnectionsPerIP = d.MaxConnections, d.MaxConnectionsPerIP
+			c.StressThreshold, c.StressTimeout = d.StressThreshold, d.StressTimeout
+		})
+		var held []net.Conn
+		for i := range 300 {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("127.0.1.%d", 1+i/20))}}
+			c, err := d.Dial("tcp", e.addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			held = append(held, c)
+		}
+		start := time.Now()
+		delivered := false
+		for !delivered && time.Since(start) < time.Minute {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.2.1")}}
+			conn, err := d.Dial("tcp", e.addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c := &client{t: b, conn: conn, r: bufio.NewReader(conn)}
+			if l := c.line(); !strings.HasPrefix(l, "220 ") {
+				conn.Close()
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			c.expect("250 ", "EHLO new.example")
+			if r := c.deliver("b@sender.example", crlf("From: b@sender.example\nSubject: x\n\nhello\n"), alice); strings.HasPrefix(r, "250 ") {
+				delivered = true
+			}
+			conn.Close()
+		}
+		if !delivered {
+			b.Fatal("the new sender could not deliver within a minute")
+		}
+		b.ReportMetric(time.Since(start).Seconds(), "s-to-deliver")
+		for _, c := range held {
+			c.Close()
+		}
+	}
+}
