@@ -222,28 +222,15 @@ func (d *daemon) serve(ctx context.Context) {
 			}
 		})
 	}
-	d.serving.Go(func() { d.housekeeping(ctx) })
-}
-
-// housekeeping runs the spool's time-based removal (device idleness,
-// retention) and the fetch watchdog every ten minutes until ctx ends.
-func (d *daemon) housekeeping(ctx context.Context) {
-	watchdog := metrics.NewWatchdog(d.store, d.cfg.Watchdog.FetchOverdue.D(), d.cfg.Watchdog.QuotaWarning, d.log.With("part", "watchdog"))
-	t := time.NewTicker(10 * time.Minute)
-	defer t.Stop()
-	for {
-		if _, err := watchdog.Check(time.Now()); err != nil && ctx.Err() == nil {
-			d.log.Error("watchdog failed", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if _, err := d.store.Sweep(ctx); err != nil && ctx.Err() == nil {
-				d.log.Error("sweep failed", "err", err)
-			}
-		}
-	}
+	// Time-based removal (device idleness, retention) and the fetch
+	// watchdog run whether or not metrics are served.
+	d.serving.Go(func() {
+		d.store.Housekeeping(ctx, spool.HousekeepingOptions{
+			FetchOverdue: d.cfg.Watchdog.FetchOverdue.D(),
+			QuotaWarning: d.cfg.Watchdog.QuotaWarning,
+			Logger:       d.log.With("part", "watchdog"),
+		})
+	})
 }
 
 // reload applies next to the running parts where that is safe and records

@@ -2,8 +2,6 @@ package metrics
 
 import (
 	"crypto/x509"
-	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,7 +10,8 @@ import (
 )
 
 // SpoolCollector reports the spool's totals and, per account, the fetch
-// watchdog's figures at each scrape.
+// watchdog's figures at each scrape. It only observes: the watchdog that
+// logs is the spool's (spool.Watchdog).
 type SpoolCollector struct {
 	store   *spool.Store
 	overdue time.Duration // a mailbox not fetched for this long is overdue (0: off)
@@ -72,30 +71,12 @@ func (c *SpoolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.lastFetch, prometheus.GaugeValue, last, a.Address)
 		if c.overdue > 0 {
 			v := 0.0
-			if Overdue(a, now, c.overdue) {
+			if a.Overdue(now, c.overdue) {
 				v = 1
 			}
 			ch <- prometheus.MustNewConstMetric(c.late, prometheus.GaugeValue, v, a.Address)
 		}
 	}
-}
-
-// Overdue reports whether a mailbox that holds mail has gone unfetched for
-// longer than limit (counted from the account's creation if it never was).
-func Overdue(a spool.AccountInfo, now time.Time, limit time.Duration) bool {
-	if a.Messages == 0 {
-		return false
-	}
-	since := a.LastLogin
-	if since.IsZero() {
-		since = a.Created
-	}
-	return now.Sub(since) > limit
-}
-
-// NearQuota reports whether a mailbox is above fraction of its quota.
-func NearQuota(a spool.AccountInfo, fraction float64) bool {
-	return a.Quota > 0 && float64(a.QuotaUsed) >= fraction*float64(a.Quota)
 }
 
 // CertCollector reports the expiry of the certificate the mail ports serve.
@@ -119,58 +100,4 @@ func (c *CertCollector) Collect(ch chan<- prometheus.Metric) {
 	if leaf, ok := c.cert(); ok && leaf != nil {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(leaf.NotAfter.Unix()))
 	}
-}
-
-// Watchdog logs, once per state change, mailboxes that have not been
-// fetched for longer than overdue and mailboxes above nearQuota of their
-// quota: the POP3 failures owners notice too late.
-type Watchdog struct {
-	store     *spool.Store
-	overdue   time.Duration
-	nearQuota float64
-	log       *slog.Logger
-
-	mu     sync.Mutex
-	warned map[string]string // account -> last state logged
-}
-
-// NewWatchdog makes a Watchdog; overdue 0 turns the fetch check off.
-func NewWatchdog(store *spool.Store, overdue time.Duration, nearQuota float64, log *slog.Logger) *Watchdog {
-	return &Watchdog{store: store, overdue: overdue, nearQuota: nearQuota, log: log, warned: map[string]string{}}
-}
-
-// Check looks at every mailbox once and logs what changed; it returns the
-// accounts that need attention.
-func (w *Watchdog) Check(now time.Time) ([]string, error) {
-	accts, err := w.store.Accounts()
-	if err != nil {
-		return nil, err
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var attention []string
-	for _, a := range accts {
-		state := ""
-		if w.overdue > 0 && Overdue(a, now, w.overdue) {
-			state += "overdue "
-		}
-		if w.nearQuota > 0 && NearQuota(a, w.nearQuota) {
-			state += "near_quota"
-		}
-		if state != "" {
-			attention = append(attention, a.Address)
-		}
-		if state == w.warned[a.Address] {
-			continue
-		}
-		w.warned[a.Address] = state
-		switch {
-		case state == "":
-			w.log.Info("watchdog: mailbox fine again", "account", a.Address)
-		default:
-			w.log.Warn("watchdog: mailbox needs attention", "account", a.Address, "state", state,
-				"messages", a.Messages, "bytes", a.Bytes, "quota", a.Quota, "last_login", a.LastLogin, "last_ip", a.LastIP)
-		}
-	}
-	return attention, nil
 }

@@ -1,11 +1,9 @@
 package metrics
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -117,33 +115,5 @@ func TestHealthz(t *testing.T) {
 	failing = io.ErrClosedPipe
 	if get() != 503 {
 		t.Fatal("unhealthy server not 503")
-	}
-}
-
-func TestWatchdog(t *testing.T) {
-	s := openStore(t)
-	ctx := context.Background()
-	s.AddAccount(ctx, "alice@example.com", "correct horse battery")
-	s.AddAccount(ctx, "bob@example.com", "correct horse battery")
-	s.Deliver(ctx, spool.Envelope{}, []string{"alice@example.com"}, strings.NewReader(strings.Repeat("x", 90)))
-	var logs bytes.Buffer
-	w := NewWatchdog(s, 24*time.Hour, 0.8, slog.New(slog.NewTextHandler(&logs, nil)))
-	now := time.Now()
-	// Fresh: alice is near her quota (90 of 100) but not overdue.
-	got, _ := w.Check(now)
-	if len(got) != 1 || got[0] != "alice@example.com" || !strings.Contains(logs.String(), "state=near_quota") {
-		t.Fatalf("first check: %v\n%s", got, logs.String())
-	}
-	// Two days later without a fetch: overdue too; bob has no mail, so he is fine.
-	logs.Reset()
-	got, _ = w.Check(now.Add(48 * time.Hour))
-	if len(got) != 1 || !strings.Contains(logs.String(), `state="overdue near_quota"`) {
-		t.Fatalf("later check: %v\n%s", got, logs.String())
-	}
-	// No change: no new log line.
-	logs.Reset()
-	w.Check(now.Add(49 * time.Hour))
-	if logs.Len() != 0 {
-		t.Fatalf("repeated a warning: %s", logs.String())
 	}
 }
