@@ -19,6 +19,8 @@ import (
 	"github.com/postie/postie/internal/passpolicy"
 	"github.com/postie/postie/internal/units"
 	"github.com/postie/postie/spool"
+
+	"github.com/postie/postie/internal/plural"
 )
 
 // adminFlags are the flags every admin command takes.
@@ -293,7 +295,7 @@ func cmdRestore(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "%d message(s) of %s restored; they appear at the next POP3 login\n", n, addr)
+	fmt.Fprintf(env.stdout, "%s of %s restored; they appear at the next POP3 login\n", plural.Count(n, "message"), addr)
 	return nil
 }
 
@@ -362,7 +364,7 @@ func cmdVerify(env *cliEnv, args []string) error {
 		fmt.Fprintln(env.stdout, "problem:", p)
 	}
 	if len(problems) > 0 {
-		return fmt.Errorf("%s: %d problem(s); see docs in README.md (Recovery)", cfg.Spool.Path, len(problems))
+		return fmt.Errorf("%s: %s; see docs in README.md (Recovery)", cfg.Spool.Path, plural.Count(len(problems), "problem"))
 	}
 	fmt.Fprintf(env.stdout, "%s: no problems found\n", cfg.Spool.Path)
 	return nil

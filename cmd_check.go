@@ -12,6 +12,8 @@ import (
 	"github.com/postie/postie/internal/resolver"
 	"github.com/postie/postie/internal/setupcheck"
 	"github.com/postie/postie/smtpin"
+
+	"github.com/postie/postie/internal/plural"
 )
 
 // ipList collects repeated -ip flags.
@@ -71,7 +73,7 @@ func cmdCheck(env *cliEnv, args []string) error {
 		}
 	}
 	if problems > 0 {
-		return fmt.Errorf("%d problem(s) found", problems)
+		return fmt.Errorf("%s found", plural.Count(problems, "problem"))
 	}
 	return nil
 }
@@ -120,7 +122,7 @@ func printFindings(w io.Writer, fs []setupcheck.Finding) int {
 	if problems == 0 {
 		fmt.Fprintln(w, "\nNo problems found.")
 	} else {
-		fmt.Fprintf(w, "\n%d problem(s): publish the records shown above, then run postie check again (DNS changes can take a while to show).\n", problems)
+		fmt.Fprintf(w, "\n%s: publish the records shown above, then run postie check again (DNS changes can take a while to show).\n", plural.Count(problems, "problem"))
 	}
 	return problems
 }

@@ -24,6 +24,8 @@ import (
 	"github.com/postie/postie/smtpin"
 	"github.com/postie/postie/spool"
 	"github.com/postie/postie/tlsauto"
+
+	"github.com/postie/postie/internal/plural"
 )
 
 // defaultConfigPath is where the commands look for the config without -config.
@@ -122,7 +124,7 @@ func parseConfig(name string, r io.Reader) (Config, error) {
 		return Config{}, fmt.Errorf("config %s: %w", name, err)
 	}
 	if len(data) > maxConfigSize {
-		return Config{}, fmt.Errorf("config %s: larger than %d bytes", name, maxConfigSize)
+		return Config{}, fmt.Errorf("config %s: larger than %s", name, plural.Count(maxConfigSize, "byte"))
 	}
 	c := DefaultConfig()
 	if err := decodeStrict(data, &c); err != nil {

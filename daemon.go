@@ -24,6 +24,8 @@ import (
 	"github.com/postie/postie/smtpin"
 	"github.com/postie/postie/spool"
 	"github.com/postie/postie/tlsauto"
+
+	"github.com/postie/postie/internal/plural"
 )
 
 // daemon is a running "postie serve": the parts the config enables, wired
@@ -102,7 +104,7 @@ func (d *daemon) openSpool(context.Context) error {
 		for _, p := range problems {
 			d.log.Error("spool verification failed", "problem", p)
 		}
-		return fmt.Errorf("the spool %s fails verification (%d problems, first: %v); refusing to serve it. Restore a backup, or see README.md (Recovery)", opts.Path, len(problems), problems[0])
+		return fmt.Errorf("the spool %s fails verification (%s, first: %v); refusing to serve it. Restore a backup, or see README.md (Recovery)", opts.Path, plural.Count(len(problems), "problem"), problems[0])
 	}
 	// Metrics are collected only when they are served.
 	if d.cfg.Metrics.Listen != "" {

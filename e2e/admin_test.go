@@ -112,7 +112,7 @@ func TestAdminCommandsWhileServing(t *testing.T) {
 	if out := s.curlPOP3(t, alice, "a brand new password", ""); strings.TrimSpace(out) != "" {
 		t.Fatalf("after DELE: %q", out)
 	}
-	if out := s.postie(t, "", "restore", alice); !strings.Contains(out, "1 message(s)") {
+	if out := s.postie(t, "", "restore", alice); !strings.Contains(out, "1 message of ") {
 		t.Fatalf("restore: %s", out)
 	}
 	if out := s.curlPOP3(t, alice, "a brand new password", "1"); !strings.Contains(out, "Subject: first") {

@@ -10,6 +10,8 @@ import (
 	"github.com/emersion/go-sasl"
 
 	"github.com/postie/postie/spool"
+
+	"github.com/postie/postie/internal/plural"
 )
 
 // canLogin reports whether this session may send a password: over TLS, or
@@ -232,7 +234,7 @@ func (s *session) authenticate(user, password string) reply {
 	s.srv.deps.Metrics.POP3Login("ok")
 	s.log.Info("pop3 login", "user", login.Account, "device", login.DeviceName, "tls", s.tls, "messages", len(s.msgs))
 	n, size := s.summary()
-	return ok("maildrop has %d messages (%d octets)", n, size)
+	return ok("maildrop has %s (%s)", plural.Count(n, "message"), plural.Count(size, "octet"))
 }
 
 // authFailed records a failed login: the one log line fail2ban-style tools

@@ -3,6 +3,8 @@ package pop3out
 import (
 	"strconv"
 	"strings"
+
+	"github.com/postie/postie/internal/plural"
 )
 
 // states is a set of states a command is allowed in.
@@ -175,7 +177,7 @@ func (s *session) quit(arg string) reply {
 		return r
 	}
 	s.ndeleted = len(del)
-	r := ok("Postie POP3 server signing off (%d messages deleted)", len(del))
+	r := ok("Postie POP3 server signing off (%s deleted)", plural.Count(len(del), "message"))
 	r.close = true
 	return r
 }

@@ -164,7 +164,7 @@ func TestShutdownLetsSessionsQuit(t *testing.T) {
 	c.cmd("+OK message 1 deleted", "DELE 1")
 	done := make(chan error, 1)
 	go func() { done <- e.srv.Shutdown(context.Background()) }()
-	c.cmd("+OK Postie POP3 server signing off (1 messages deleted)", "QUIT")
+	c.cmd("+OK Postie POP3 server signing off (1 message deleted)", "QUIT")
 	if err := <-done; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
@@ -361,9 +361,9 @@ func TestDeviceLoginAndSessionLog(t *testing.T) {
 		t.Fatalf("RETR 1 = %q", got)
 	}
 	c.cmd("+OK", "DELE 1")
-	c.cmd("+OK Postie POP3 server signing off (1 messages deleted)", "QUIT")
+	c.cmd("+OK Postie POP3 server signing off (1 message deleted)", "QUIT")
 	e.waitLog(`device=phone tls=true retrieved=`)
-	line := regexp.MustCompile(`msg="pop3 session" conn=\d+ ip=127\.0\.0\.1 proto=pop3 user=alice@example\.org device=phone tls=true retrieved=1 deleted=1 bytes=79 commands=5 duration=\S+ end="Postie POP3 server signing off \(1 messages deleted\)"`)
+	line := regexp.MustCompile(`msg="pop3 session" conn=\d+ ip=127\.0\.0\.1 proto=pop3 user=alice@example\.org device=phone tls=true retrieved=1 deleted=1 bytes=79 commands=5 duration=\S+ end="Postie POP3 server signing off \(1 message deleted\)"`)
 	if !line.MatchString(e.logs.String()) {
 		t.Fatalf("no session line like %s in:\n%s", line, e.logs.String())
 	}

@@ -17,6 +17,8 @@ import (
 	"github.com/postie/postie/internal/connlimit"
 	"github.com/postie/postie/internal/netserve"
 	"github.com/postie/postie/spool"
+
+	"github.com/postie/postie/internal/plural"
 )
 
 // state is where a session is in RFC 1939's state machine.
@@ -277,7 +279,7 @@ func (s *session) readFailed(err error) {
 	switch {
 	case errors.Is(err, errLineTooLong):
 		s.end = "line too long"
-		s.write(fail("", "line too long (at most %d octets); closing", s.st.cfg.MaxLineLength.Bytes()))
+		s.write(fail("", "line too long (at most %s); closing", plural.Count(s.st.cfg.MaxLineLength.Bytes(), "octet")))
 		s.bw.Flush()
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		// RFC 1939 §3: on autologout the server closes the connection

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/postie/postie/spool"
+
+	"github.com/postie/postie/internal/plural"
 )
 
 // summary returns the number and total size of the messages not marked
@@ -38,7 +40,7 @@ func (s *session) messageArg(arg string) (int, reply, bool) {
 		return 0, strike("invalid message number %q", truncate(arg, 20)), false
 	}
 	if n < 1 || n > int64(len(s.msgs)) {
-		return 0, fail("", "no such message, only %d messages in maildrop", len(s.msgs)), false
+		return 0, fail("", "no such message, only %s in maildrop", plural.Count(len(s.msgs), "message")), false
 	}
 	i := int(n - 1)
 	if s.deleted[i] {
@@ -91,7 +93,7 @@ func (s *session) list(arg string) reply {
 		return ok("%d %d", i+1, s.msgs[i].Size)
 	}
 	n, size := s.summary()
-	r := ok("%d messages (%d octets)", n, size)
+	r := ok("%s (%s)", plural.Count(n, "message"), plural.Count(size, "octet"))
 	r.body = s.listing(func(w *bufio.Writer, i int) {
 		w.WriteString(strconv.Itoa(i + 1))
 		w.WriteByte(' ')
@@ -178,7 +180,7 @@ func (s *session) sendMessage(i int, lines int64) reply {
 		}
 		return fail("SYS/TEMP", "the mail store is not available; try again later")
 	}
-	r := ok("%d octets", m.Size)
+	r := ok("%s", plural.Count(m.Size, "octet"))
 	if lines >= 0 {
 		r = ok("top of message %d follows", i+1)
 	}
@@ -233,5 +235,5 @@ func (s *session) rset(arg string) reply {
 	}
 	clear(s.deleted)
 	n, size := s.summary()
-	return ok("maildrop has %d messages (%d octets)", n, size)
+	return ok("maildrop has %s (%s)", plural.Count(n, "message"), plural.Count(size, "octet"))
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/postie/postie/internal/netserve"
 	"github.com/postie/postie/smtpin/authcheck"
 	"github.com/postie/postie/spool"
+
+	"github.com/postie/postie/internal/plural"
 )
 
 // maxAuthorDomains bounds the DMARC lookups of one message: a From field
@@ -301,7 +303,7 @@ func dkimUnfit(hdr, rest []byte, fields []field) error {
 	}
 	for _, f := range fields {
 		if bytes.Count(hdr[f.start:f.end], []byte{'\n'}) > maxFieldLines {
-			return fmt.Errorf("a header field is folded over more than %d lines", maxFieldLines)
+			return fmt.Errorf("a header field is folded over more than %s", plural.Count(maxFieldLines, "line"))
 		}
 	}
 	return nil

@@ -7,6 +7,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postie/postie/spool"
+
+	"github.com/postie/postie/internal/plural"
 )
 
 // reply builds a go-smtp reply. Every reply carries an enhanced status code
@@ -87,7 +89,7 @@ var errTooManyAuthors = reply(550, 5, 7, 1, "Message refused: too many author do
 // lineTooLong ends a session whose message has a line over the limit.
 func lineTooLong(limit int) *smtp.SMTPError {
 	// 5.6.0 other or undefined media error: the content is unacceptable.
-	return reply(554, 5, 6, 0, fmt.Sprintf("Message has a line longer than %d bytes (RFC 5322 section 2.1.1 allows 998)", limit))
+	return reply(554, 5, 6, 0, fmt.Sprintf("Message has a line longer than %s (RFC 5322 section 2.1.1 allows 998)", plural.Count(limit, "byte")))
 }
 
 // stored is the reply to a message that is durably stored: the sender's

@@ -17,6 +17,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/postie/postie/internal/plural"
 )
 
 // Resolver is the DNS a check needs; *net.Resolver satisfies it.
@@ -406,9 +408,9 @@ func (c *checker) certificate(ctx context.Context) {
 		c.add(Problem, "certificate", fmt.Sprintf("%s serves a certificate clients will not trust: %v", c.p.CertProbe, verr),
 			"with [tls] mode = \"acme\", make sure port 80 or 443 reaches this server and the host name resolves to it; the log says what the CA answered")
 	case left < 14*24*time.Hour:
-		c.add(Warning, "certificate", fmt.Sprintf("the certificate for %s expires in %d days (%s); renewal should have happened by now", c.p.Hostname, days, leaf.NotAfter.Format(time.DateOnly)),
+		c.add(Warning, "certificate", fmt.Sprintf("the certificate for %s expires in %s (%s); renewal should have happened by now", c.p.Hostname, plural.Count(days, "day"), leaf.NotAfter.Format(time.DateOnly)),
 			"check the log for renewal errors")
 	default:
-		c.add(OK, "certificate", fmt.Sprintf("%s: trusted, issued by %s, expires %s (%d days)", c.p.Hostname, leaf.Issuer.CommonName, leaf.NotAfter.Format(time.DateOnly), days))
+		c.add(OK, "certificate", fmt.Sprintf("%s: trusted, issued by %s, expires %s (%s)", c.p.Hostname, leaf.Issuer.CommonName, leaf.NotAfter.Format(time.DateOnly), plural.Count(days, "day")))
 	}
 }
