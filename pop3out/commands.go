@@ -44,12 +44,36 @@ var commands = map[string]command{
 	"RSET": {inTransaction, (*session).rset},
 }
 
-// otherProtocols are first words that show a client of another protocol
-// (an HTTP request sent to us by a browser, the ALPACA attack's vehicle).
+// otherProtocols are the verbs of other protocols' clients: an HTTP
+// request sent to us by a browser (the ALPACA attack's vehicle), an SMTP
+// client. None is a POP3 command (POP3's STARTTLS is STLS), so the session
+// ends at once: answering such a client line by line only helps an attack.
 var otherProtocols = map[string]bool{
+	// HTTP.
 	"GET": true, "POST": true, "HEAD": true, "PUT": true, "DELETE": true,
 	"OPTIONS": true, "CONNECT": true, "PATCH": true, "TRACE": true,
-	"EHLO": true, "HELO": true,
+	// SMTP.
+	"EHLO": true, "HELO": true, "LHLO": true, "MAIL": true, "RCPT": true, "DATA": true, "BDAT": true,
+	"STARTTLS": true,
+}
+
+// imapCommands are the commands an IMAP client sends first, after its tag
+// ("A001 CAPABILITY"): with them, a tagged line is an IMAP client's.
+var imapCommands = map[string]bool{
+	"CAPABILITY": true, "LOGIN": true, "AUTHENTICATE": true, "STARTTLS": true,
+	"LOGOUT": true, "NOOP": true, "ID": true, "SELECT": true, "EXAMINE": true,
+}
+
+// otherProtocol reports whether a command line that is not POP3 is a client
+// of another protocol speaking: an HTTP or SMTP verb, or an IMAP tag
+// followed by an IMAP command. Any other unknown command is only a
+// mistake, answered -ERR and counted against max_errors.
+func otherProtocol(verb, arg string) bool {
+	if otherProtocols[verb] {
+		return true
+	}
+	next, _, _ := strings.Cut(arg, " ")
+	return imapCommands[strings.ToUpper(next)]
 }
 
 // dispatch parses a command line and runs its handler. RFC 1939 §3:
@@ -61,8 +85,8 @@ func (s *session) dispatch(line string) reply {
 	cmd, known := commands[verb]
 	var r reply
 	switch {
-	case !known && (s.commands == 1 || otherProtocols[verb]):
-		// A first command that is not POP3 is not a POP3 client.
+	case !known && otherProtocol(verb, arg):
+		// Not a POP3 client: end the session.
 		r = fail("", "unknown command; this is a POP3 server")
 		r.close = true
 		return r
