@@ -155,7 +155,7 @@ func (d *daemon) startTLS(ctx context.Context) error {
 // newServers makes the SMTP and POP3 servers.
 func (d *daemon) newServers(context.Context) error {
 	cfg := d.cfg
-	smtp, err := smtpin.New(cfg.SMTP, smtpin.Deps{Store: d.store, Resolver: d.dns, TLS: d.tls.TLSConfig(), TLSReady: d.tls.Ready, Logger: d.log.With("part", "smtp"), Metrics: d.mon})
+	smtp, err := smtpin.New(cfg.SMTP, smtpin.Deps{Store: d.store, Resolver: d.dns, TLS: d.tls.TLSConfig(), TLSReady: d.tls.Ready, Logger: d.log.With("part", "smtp"), Metrics: d.mon, NoDNS: d.cfg.local})
 	if err != nil {
 		return err
 	}

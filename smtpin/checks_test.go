@@ -287,3 +287,29 @@ func TestChecksSlowMessage(t *testing.T) {
 		}
 	}
 }
+
+// TestChecksNoDNS: a server without DNS by design (local mode) records SPF
+// and DMARC as none, saying why, and asks the resolver nothing; a
+// temperror would claim a lookup failed.
+func TestChecksNoDNS(t *testing.T) {
+	e := newEnv(t, func(_ *Config, d *Deps) { d.NoDNS = true })
+	e.dns.Add("_dmarc.sender.example", "TXT", "v=DMARC1; p=reject")
+	c := e.dial()
+	c.hello()
+	if got := c.deliver("a@sender.example", crlf("From: a@sender.example\n\nbody\n"), alice); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("reply %q", got)
+	}
+	ar := header(t, e.messages(alice)[0], "Authentication-Results")
+	for _, w := range []string{"spf=none (local mode: no DNS lookups) smtp.mailfrom=a@sender.example", "dmarc=none (local mode: no DNS lookups) header.from=sender.example"} {
+		if !strings.Contains(ar, w) {
+			t.Errorf("Authentication-Results %q lacks %q", ar, w)
+		}
+	}
+	if strings.Contains(ar, "temperror") {
+		t.Errorf("Authentication-Results %q: temperror without DNS by design", ar)
+	}
+	if q := e.dns.Queries(); q != 0 {
+		t.Errorf("%d DNS queries without DNS: %v", q, e.dns.Log())
+	}
+	e.logs.waitFor(t, "spf=none", "dmarc=none:sender.example")
+}

@@ -98,8 +98,15 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 	}
 	records := make([]chan authcheck.Record, len(authors))
 	for i, d := range authors {
+		if s.s.noDNS {
+			res.dmarc = append(res.dmarc, authcheck.DMARC{Result: authcheck.None, Domain: d, Comment: noDNSComment})
+			continue
+		}
 		records[i] = make(chan authcheck.Record, 1)
 		go func() { records[i] <- authcheck.LookupDMARC(checkCtx, s.s.resolver, d) }()
+	}
+	if s.s.noDNS {
+		records = nil
 	}
 	var verifier *authcheck.DKIMVerifier
 	if len(sigs) > 0 {

@@ -55,6 +55,12 @@ type Deps struct {
 	// Metrics counts connections, messages and verdicts; nil counts
 	// nothing.
 	Metrics *metrics.Metrics
+	// NoDNS says that Resolver answers nothing by design ("postie local",
+	// with resolver.Offline()): the checks that need DNS are not run, and
+	// SPF and DMARC are recorded as none, with the comment "local mode: no
+	// DNS lookups", rather than temperror. DKIM signatures, whose keys
+	// cannot be fetched, stay temperror.
+	NoDNS bool
 }
 
 // Server is the inbound MX: it accepts connections, runs SMTP sessions on
@@ -67,6 +73,7 @@ type Server struct {
 	log      *slog.Logger
 	sample   func(int) bool
 	metrics  *metrics.Metrics
+	noDNS    bool // Deps.NoDNS
 
 	// base accepts connections on every listener within one set of
 	// connection limits, tracks the sessions and runs Shutdown.
@@ -123,6 +130,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		log:      deps.Logger,
 		sample:   deps.Sample,
 		metrics:  deps.Metrics,
+		noDNS:    deps.NoDNS,
 		base: netserve.New(netserve.Config{
 			Name: "smtp", MaxConnections: cfg.MaxConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
 			StressAt: netserve.StressAt(cfg.MaxConnections, cfg.StressThreshold),

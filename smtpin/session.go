@@ -138,6 +138,10 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 			t.accounts = append(t.accounts, a)
 		}
 	}
+	if t.spf == nil && s.s.noDNS {
+		t.spf = make(chan authcheck.SPF, 1)
+		t.spf <- noDNSSPF(t.helo, t.from)
+	}
 	if t.spf == nil {
 		t.spf = make(chan authcheck.SPF, 1)
 		ip := net.IP(netserve.RemoteIP(s.c.Conn).AsSlice())

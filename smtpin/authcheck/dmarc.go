@@ -91,6 +91,9 @@ type DMARC struct {
 	// in relaxed mode, so that local policy can use them.
 	SPFAligned, DKIMAligned bool
 	Err                     error
+	// Comment, if set, follows the result in Authentication-Results (an
+	// RFC 8601 comment).
+	Comment string
 }
 
 // EvaluateDMARC judges one author domain (RFC 7489 §4.2, §6.6.2): it

@@ -34,7 +34,16 @@ func FormatResults(authservID string, spf SPF, sigs []DKIM, dmarcs []DMARC) stri
 		b.WriteString(pvalue(value))
 	}
 
+	comment := func(c string) {
+		if c != "" {
+			b.WriteString(" (")
+			b.WriteString(commentSafe(c))
+			b.WriteByte(')')
+		}
+	}
+
 	next("spf", spf.Result)
+	comment(spf.Comment)
 	prop(spf.Property, spf.Value)
 
 	if len(sigs) == 0 {
@@ -59,9 +68,21 @@ func FormatResults(authservID string, spf SPF, sigs []DKIM, dmarcs []DMARC) stri
 			b.WriteString(string(d.Policy))
 			b.WriteByte(')')
 		}
+		comment(d.Comment)
 		prop("header.from", d.Domain)
 	}
 	return b.String()
+}
+
+// commentSafe makes the text of a comment safe: no parentheses,
+// backslashes or control characters.
+func commentSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f || r == utf8.RuneError || strings.ContainsRune("()\\", r) {
+			return '?'
+		}
+		return r
+	}, s)
 }
 
 // pvalue formats a property value (RFC 8601 §2.2 pvalue): bare when it

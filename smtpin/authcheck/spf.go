@@ -23,6 +23,9 @@ type SPF struct {
 	Property, Value string
 	// Err is the cause of a result other than pass, for the log.
 	Err error
+	// Comment, if set, follows the result in Authentication-Results as
+	// an RFC 8601 comment: why the result is what it is.
+	Comment string
 }
 
 // CheckSPF evaluates the SPF policy (RFC 7208 §4) for a client at ip that
