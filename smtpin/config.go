@@ -1,6 +1,7 @@
 package smtpin
 
 import (
+	"fmt"
 	"net"
 	"time"
 
@@ -83,6 +84,9 @@ type Config struct {
 	// Checks is the [smtp.checks] table: what SPF, DKIM and DMARC
 	// verdicts do to a message.
 	Checks ChecksConfig `toml:"checks"`
+	// Milters are the [[smtp.milter]] tables: content filters asked about
+	// every message, in order. None by default.
+	Milters []MilterConfig `toml:"milter"`
 
 	// Hostname is announced in the greeting and EHLO, and is the
 	// authserv-id of Authentication-Results.
@@ -207,6 +211,28 @@ func (c *Config) Validate() error {
 	p.Positive("stress_timeout", c.StressTimeout.D())
 	if n := c.Checks.MaxDKIMSignatures; n < 1 || n > 50 {
 		p.Addf("checks.max_dkim_signatures", "%d: want 1 to 50", n)
+	}
+	for i := range c.Milters {
+		m := &c.Milters[i]
+		key := fmt.Sprintf("milter[%d]", i)
+		if _, _, err := m.network(); err != nil {
+			p.Addf(key+".address", "%v", err)
+		}
+		switch m.OnFailure {
+		case "":
+			m.OnFailure = "accept"
+		case "accept", "tempfail":
+		default:
+			p.Addf(key+".on_failure", "%q: want \"accept\" or \"tempfail\"", m.OnFailure)
+		}
+		if m.ConnectTimeout.D() == 0 {
+			m.ConnectTimeout = units.DurationOf(5 * time.Second)
+		}
+		if m.Timeout.D() == 0 {
+			m.Timeout = units.DurationOf(30 * time.Second)
+		}
+		p.Positive(key+".connect_timeout", m.ConnectTimeout.D())
+		p.Positive(key+".timeout", m.Timeout.D())
 	}
 	return p.Err()
 }

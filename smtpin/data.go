@@ -37,6 +37,9 @@ type result struct {
 	spf   authcheck.SPF
 	dkim  []authcheck.DKIM
 	dmarc []authcheck.DMARC
+	// quarantine is a content filter's reason to hold the message for the
+	// owner instead of delivering it (answered 250 all the same).
+	quarantine string
 }
 
 // receive reads one message from r and stores it, or refuses it. The
@@ -119,15 +122,29 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 		}
 	}
 
+	// Content filters see the header now and the body as it streams; their
+	// header changes are known only at the end, so with filters the header
+	// section goes into the store with the trace fields at commit.
+	var filters *filterRun
+	if len(cfg.Milters) > 0 {
+		filters = s.startFilters(checkCtx, t, hdr, fields)
+		defer filters.abort()
+	}
+
 	d := s.s.store.Begin(s.s.ctx, spool.Envelope{MailFrom: t.from, RcptTo: t.rcpts, Helo: t.helo, RemoteAddr: netserve.RemoteIP(s.c.Conn).String()})
 	defer d.Abort() // does nothing after Commit
-	if err := s.writeHeader(d, hdr, fields); err != nil {
-		res.reply, res.err = storageReply(err), err
-		return res
+	if filters == nil {
+		if err := s.writeHeader(d, hdr, fields); err != nil {
+			res.reply, res.err = storageReply(err), err
+			return res
+		}
 	}
 	if _, err := d.Write(rest); err != nil {
 		res.reply, res.err = storageReply(err), err
 		return res
+	}
+	if filters != nil {
+		filters.body(rest)
 	}
 	bufp := s.s.copyBuf.Get().(*[]byte)
 	defer s.s.copyBuf.Put(bufp)
@@ -141,6 +158,9 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 			}
 			if verifier != nil {
 				verifier.Write(buf[:n])
+			}
+			if filters != nil {
+				filters.body(buf[:n])
 			}
 		}
 		if errors.Is(err, io.EOF) {
@@ -173,8 +193,28 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 		res.reply, res.err = e, errors.New(why)
 		return res
 	}
+	prefix := s.trace(t, res)
+	if filters != nil {
+		filters.end()
+		if filters.reply != nil {
+			res.reply, res.err = filters.reply, errors.New(filters.why)
+			return res
+		}
+		clean := toCRLF(s.cleanHeader(hdr, fields))
+		h, err := applyHeaderMods(clean, parseFields(clean), filters.mods)
+		if err != nil {
+			// A filter's bad header change is its failure, not the
+			// sender's: the message is stored without the changes.
+			s.c.log.Warn("content filter sent a header change that was not applied", "err", err)
+			h = clean
+		}
+		prefix = append(prefix, h...)
+		if filters.quarantine != "" {
+			res.quarantine = filters.quarantine
+		}
+	}
 
-	id, err := d.Commit(s.trace(t, res), t.accounts)
+	id, err := d.Commit(prefix, t.accounts)
 	if err != nil {
 		res.reply, res.err = storageReply(err), err
 		return res
@@ -204,10 +244,18 @@ func awaitSPF(ch <-chan authcheck.SPF, timeout time.Duration) authcheck.SPF {
 	}
 }
 
-// writeHeader writes the header section to the delivery without the
-// Authentication-Results fields that claim to be ours (RFC 8601 §5): only
-// this server may speak for its authserv-id.
+// writeHeader writes the header section to the delivery, cleaned.
 func (s *session) writeHeader(d *spool.Delivery, hdr []byte, fields []field) error {
+	_, err := d.Write(s.cleanHeader(hdr, fields))
+	return err
+}
+
+// cleanHeader returns the header section without the
+// Authentication-Results fields that claim to be ours (RFC 8601 §5): only
+// this server may speak for its authserv-id. It returns hdr itself when
+// there are none.
+func (s *session) cleanHeader(hdr []byte, fields []field) []byte {
+	var out []byte
 	from := 0
 	for _, f := range fields {
 		if !bytes.EqualFold(f.name(hdr), []byte("Authentication-Results")) {
@@ -218,13 +266,13 @@ func (s *session) writeHeader(d *spool.Delivery, hdr []byte, fields []field) err
 			continue
 		}
 		s.c.log.Info("removed an Authentication-Results field claiming this server's authserv-id", "authserv_id", id)
-		if _, err := d.Write(hdr[from:f.start]); err != nil {
-			return err
-		}
+		out = append(out, hdr[from:f.start]...)
 		from = f.end
 	}
-	_, err := d.Write(hdr[from:])
-	return err
+	if out == nil {
+		return hdr
+	}
+	return append(out, hdr[from:]...)
 }
 
 func equalFoldDomain(a, b string) bool {
@@ -314,4 +362,27 @@ func dkimUnfit(hdr, rest []byte, fields []field) error {
 		}
 	}
 	return nil
+}
+
+// toCRLF returns b with every line ending CRLF, as the spool stores
+// messages (a bare LF or CR becomes CRLF).
+func toCRLF(b []byte) []byte {
+	if !bytes.ContainsAny(b, "\r\n") {
+		return b
+	}
+	out := make([]byte, 0, len(b)+len(b)/40)
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; c {
+		case '\r':
+			out = append(out, '\r', '\n')
+			if i+1 < len(b) && b[i+1] == '\n' {
+				i++
+			}
+		case '\n':
+			out = append(out, '\r', '\n')
+		default:
+			out = append(out, c)
+		}
+	}
+	return out
 }

@@ -35,6 +35,7 @@ type Metrics struct {
 	pop3Bytes    prometheus.Counter
 	stress       *prometheus.CounterVec
 	stressed     *prometheus.GaugeVec
+	milterFails  *prometheus.CounterVec
 }
 
 // New makes the collectors and registers them, with the Go runtime's and
@@ -68,7 +69,10 @@ func New() *Metrics {
 	m.stressed = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "postie_stress", Help: "1 while a service is in stress mode, by service.",
 	}, []string{"service"})
-	m.reg.MustRegister(m.smtpConns, m.smtpMessages, m.smtpVerdicts, m.smtpBytes, m.pop3Logins, m.pop3Messages, m.pop3Bytes, m.stress, m.stressed,
+	m.milterFails = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postie_milter_failures_total", Help: "Times a content filter (milter) could not be asked about a message: unreachable, too slow or broke the protocol, by filter.",
+	}, []string{"filter"})
+	m.reg.MustRegister(m.smtpConns, m.smtpMessages, m.smtpVerdicts, m.smtpBytes, m.pop3Logins, m.pop3Messages, m.pop3Bytes, m.stress, m.stressed, m.milterFails,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -117,6 +121,13 @@ func (m *Metrics) POP3Session(retrieved, deleted int, bytes int64) {
 		m.pop3Messages.WithLabelValues("retrieved").Add(float64(retrieved))
 		m.pop3Messages.WithLabelValues("deleted").Add(float64(deleted))
 		m.pop3Bytes.Add(float64(bytes))
+	}
+}
+
+// MilterFailure counts a content filter that could not be asked.
+func (m *Metrics) MilterFailure(filter string) {
+	if m != nil {
+		m.milterFails.WithLabelValues(filter).Inc()
 	}
 }
 
