@@ -75,12 +75,14 @@ type Config struct {
 
 	// HTTPListen is where the HTTP server listens: it answers ACME HTTP-01
 	// challenges and redirects MTA-STS requests to HTTPS, and nothing else.
-	// Empty turns it off (and with it the HTTP-01 challenge).
+	// Empty turns it off (and with it the HTTP-01 challenge). Without ACME,
+	// MTA-STS and autoconfig it is not bound.
 	HTTPListen string `toml:"http_listen"`
 	// HTTPSListen is where the HTTPS server listens: it answers ACME
 	// TLS-ALPN-01 challenges, serves the MTA-STS policy and hands other
 	// requests to main's web handler. Empty turns it off (and with it the
-	// TLS-ALPN-01 challenge and MTA-STS).
+	// TLS-ALPN-01 challenge and MTA-STS). Without ACME, MTA-STS and
+	// autoconfig it is not bound.
 	HTTPSListen string `toml:"https_listen"`
 
 	// MTASTSMode is the mode of the MTA-STS policy served for every domain:

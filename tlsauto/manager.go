@@ -142,8 +142,8 @@ var modernCipherSuites = []uint16{
 	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 }
 
-// Start binds the HTTP and HTTPS listeners (an error if one cannot be
-// bound), starts serving them, and starts the background work: obtaining
+// Start binds the HTTP and HTTPS listeners when something needs them
+// (webNeeded; an error if one cannot be bound), starts serving them, and starts the background work: obtaining
 // and renewing certificates in acme mode, watching the files in files
 // mode. It never waits for the CA and returns at once. The background
 // work stops when ctx ends or at Close.
@@ -156,11 +156,12 @@ func (m *Manager) Start(ctx context.Context) error {
 	if m.started {
 		return errors.New("tlsauto: Start called twice")
 	}
-	httpLn, err := m.listen("tls.http_listen", m.cfg.HTTPListen, m.deps.HTTPListener)
+	needHTTP, needHTTPS := m.webNeeded()
+	httpLn, err := m.listen("tls.http_listen", m.cfg.HTTPListen, m.deps.HTTPListener, needHTTP)
 	if err != nil {
 		return err
 	}
-	httpsLn, err := m.listen("tls.https_listen", m.cfg.HTTPSListen, m.deps.HTTPSListener)
+	httpsLn, err := m.listen("tls.https_listen", m.cfg.HTTPSListen, m.deps.HTTPSListener, needHTTPS)
 	if err != nil {
 		if httpLn != nil {
 			httpLn.Close()
@@ -211,12 +212,25 @@ func (m *Manager) Start(ctx context.Context) error {
 	return nil
 }
 
+// webNeeded reports whether the HTTP and HTTPS listeners have something
+// to serve: ACME challenges (acme mode), an MTA-STS policy, or Deps.Web
+// (autoconfig); HTTP redirects those names' pages to HTTPS. In files and
+// self-signed mode without MTA-STS and autoconfig, neither is bound, and
+// ports 80 and 443 stay free for a web server.
+func (m *Manager) webNeeded() (http, https bool) {
+	on := m.acme != nil || m.policy != nil || m.deps.Web != nil
+	return on, on
+}
+
 // listen returns the listener for one of the two HTTP servers: given, or
-// bound at addr, or nil when addr is "" (off).
-func (m *Manager) listen(key, addr string, given net.Listener) (net.Listener, error) {
-	if addr == "" {
+// bound at addr, or nil when addr is "" (off) or when nothing needs it.
+func (m *Manager) listen(key, addr string, given net.Listener, needed bool) (net.Listener, error) {
+	if addr == "" || !needed {
 		if given != nil {
 			given.Close()
+		}
+		if addr != "" {
+			m.log.Info("not listening: nothing to serve there (no ACME challenges, MTA-STS policy or autoconfig)", "service", key[len("tls."):len(key)-len("_listen")], "addr", addr)
 		}
 		return nil, nil
 	}

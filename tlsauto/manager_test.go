@@ -2,6 +2,7 @@ package tlsauto
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -29,7 +30,9 @@ func TestLifecycle(t *testing.T) {
 	defer taken.Close()
 	busy := cfg
 	busy.HTTPListen, busy.HTTPSListen = "127.0.0.1:0", taken.Addr().String()
-	m, err := New(busy, Deps{Logger: discard()})
+	// A web handler (autoconfig) makes the listeners needed in files mode.
+	web := http.NotFoundHandler()
+	m, err := New(busy, Deps{Logger: discard(), Web: web})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +42,7 @@ func TestLifecycle(t *testing.T) {
 	m.Close()
 
 	cfg.HTTPListen, cfg.HTTPSListen = "127.0.0.1:0", "127.0.0.1:0"
-	m, err = New(cfg, Deps{Logger: discard()})
+	m, err = New(cfg, Deps{Logger: discard(), Web: web})
 	if err != nil {
 		t.Fatal(err)
 	}

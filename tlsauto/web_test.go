@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -250,5 +251,47 @@ func TestMailTLS(t *testing.T) {
 		if _, err := dialTLS(mail.addr, "mx.example.test", nil, "", c.mod); err == nil {
 			t.Errorf("%s: handshake succeeded", c.name)
 		}
+	}
+}
+
+// TestWebListenersOnlyWhenNeeded: in files mode, ports 80 and 443 (here
+// free loopback ports) are bound only when something is served there: an
+// MTA-STS policy or main's web handler (autoconfig). Without them nothing
+// listens, so a web server on the same machine can have the ports.
+func TestWebListenersOnlyWhenNeeded(t *testing.T) {
+	web := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})
+	for _, tc := range []struct {
+		name   string
+		mtaSTS string
+		web    http.Handler
+		listen bool
+	}{
+		{"nothing to serve", MTASTSOff, nil, false},
+		{"mta-sts", MTASTSTesting, nil, true},
+		{"autoconfig", MTASTSOff, web, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testutil.FreePort(t)))
+			httpsAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testutil.FreePort(t)))
+			m, _, logs := webManager(t, tc.web, func(c *Config) {
+				c.HTTPListen, c.HTTPSListen = httpAddr, httpsAddr
+				c.MTASTSMode = tc.mtaSTS
+			})
+			for _, addr := range []string{httpAddr, httpsAddr} {
+				c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+				if err == nil {
+					c.Close()
+				}
+				if listening := err == nil; listening != tc.listen {
+					t.Errorf("%s: listening %v, want %v (dial: %v)", addr, listening, tc.listen, err)
+				}
+			}
+			if got := m.HTTPAddr() != nil && m.HTTPSAddr() != nil; got != tc.listen {
+				t.Errorf("HTTPAddr %v, HTTPSAddr %v; want listening %v", m.HTTPAddr(), m.HTTPSAddr(), tc.listen)
+			}
+			if n := logs.count("not listening: nothing to serve there"); (n == 2) == tc.listen {
+				t.Errorf("%d log lines say a listener is not bound; want %d", n, map[bool]int{true: 0, false: 2}[tc.listen])
+			}
+		})
 	}
 }
