@@ -40,7 +40,7 @@ type daemon struct {
 	ctl   *control.Server
 	dns   *net.Resolver
 	tls   *tlsauto.Manager
-	mon   *metrics.Metrics // nil when metrics are not served
+	mon   *metrics.Metrics // counts always; served only with [metrics] listen
 	smtp  *smtpin.Server
 	pop   *pop3out.Server
 
@@ -106,11 +106,10 @@ func (d *daemon) openSpool(context.Context) error {
 		}
 		return fmt.Errorf("the spool %s fails verification (%s, first: %v); refusing to serve it. Restore a backup, or see README.md (Recovery)", opts.Path, plural.Count(len(problems), "problem"), problems[0])
 	}
-	// Metrics are collected only when they are served.
-	if d.cfg.Metrics.Listen != "" {
-		d.mon = metrics.New()
-		d.mon.Register(metrics.NewSpoolCollector(store, d.cfg.Watchdog.FetchOverdue.D()))
-	}
+	// The counters are kept whether or not they are served: "postie
+	// status" shows the SMTP counts. The collectors only run at a scrape.
+	d.mon = metrics.New()
+	d.mon.Register(metrics.NewSpoolCollector(store, d.cfg.Watchdog.FetchOverdue.D()))
 	ctl, err := control.Listen(filepath.Join(d.cfg.DataDir, control.SocketName), store, d.log.With("part", "control"))
 	if err != nil {
 		return err
@@ -172,6 +171,16 @@ func (d *daemon) newServers(context.Context) error {
 		return err
 	}
 	d.smtp, d.pop = smtp, pop
+	// What "postie status" shows of the running server beyond the spool.
+	started := time.Now()
+	d.ctl.SetLive(func() control.Live {
+		l := control.Live{Started: started}
+		l.Received, l.Refused = d.mon.SMTPCounts()
+		if leaf, ok := d.tls.Certificate(); ok && leaf != nil {
+			l.CertExpiry, l.CertNames = leaf.NotAfter, leaf.DNSNames
+		}
+		return l
+	})
 	return nil
 }
 
@@ -194,7 +203,7 @@ func (d *daemon) bind(context.Context) error {
 		listen(cfg.POP3.Listen, "pop3", d.pop.Serve),
 		listen(cfg.POP3.ListenTLS, "pop3s", d.pop.ServeTLS),
 	)
-	if err == nil && d.mon != nil {
+	if err == nil && cfg.Metrics.Listen != "" {
 		if d.metricsL, err = net.Listen("tcp", cfg.Metrics.Listen); err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}

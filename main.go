@@ -39,6 +39,7 @@ func commandTable() map[string]command {
 		"backup":  {"FILE [-config FILE]", "write a consistent copy of the spool, also while the server runs", cmdBackup},
 		"export":  {"ADDRESS [-config FILE]", "write a mailbox to standard output as mbox", cmdExport},
 		"verify":  {"[-config FILE]", "check the spool's integrity", cmdVerify},
+		"status":  {"[-config FILE]", "one screen for the owner: accounts, devices, mail received and refused, certificate, warnings", cmdStatus},
 		"check":   {"[-config FILE] [-ip ADDRESS]...", "check the DNS records and the certificate the internet sees, and print the records to publish", cmdCheck},
 		"version": {"", "print the version", func(env *cliEnv, _ []string) error { fmt.Fprintln(env.stdout, "postie", version); return nil }},
 	}

@@ -65,6 +65,9 @@ type Admin interface {
 	Export(ctx context.Context, addr string, w io.Writer) (int, error)
 	// Verify checks the spool file and returns the problems found.
 	Verify(ctx context.Context) ([]string, error)
+	// Status reports every account with its devices and, from a running
+	// server, what it has seen since it started ("postie status").
+	Status(ctx context.Context) (Status, error)
 	// Close releases what the Admin holds (the spool file, when opened
 	// directly).
 	Close() error

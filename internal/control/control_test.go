@@ -85,8 +85,49 @@ func exercise(t *testing.T, a Admin) {
 	if problems, err := a.Verify(ctx); err != nil || len(problems) != 0 {
 		t.Fatalf("Verify: %v, %v", problems, err)
 	}
+	st, err := a.Status(ctx)
+	if err != nil || len(st.Accounts) != 1 || st.Accounts[0].Address != "alice@example.com" || st.Accounts[0].Quota != 12345 ||
+		len(st.Accounts[0].Devices) != 1 || st.Live != nil {
+		t.Fatalf("Status: %+v, %v (want alice with her one login, no live figures)", st, err)
+	}
 	if err := a.DeleteAccount(ctx, "alice@example.com"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestStatusLive: a running server adds its own figures to the spool's.
+func TestStatusLive(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openStore(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	srv, err := Listen(filepath.Join(dir, SocketName), s, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	started := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	srv.SetLive(func() Live {
+		return Live{Started: started, Received: 7, Refused: map[string]int64{"unknown_user": 2}, CertExpiry: started.Add(time.Hour), CertNames: []string{"mx.example.com"}}
+	})
+	c, err := Dial(filepath.Join(dir, SocketName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := s.AddAccount(context.Background(), "alice@example.com", "correct horse battery"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := st.Live
+	if l == nil || !l.Started.Equal(started) || l.Received != 7 || l.Refused["unknown_user"] != 2 || !l.CertExpiry.Equal(started.Add(time.Hour)) ||
+		len(st.Accounts) != 1 || len(st.Accounts[0].Devices) != 1 {
+		t.Fatalf("Status: %+v, live %+v", st, l)
 	}
 }
 

@@ -363,6 +363,7 @@ func (slow) DeleteDevice(context.Context, string, string) error          { panic
 func (slow) Restore(context.Context, string) (int, error)                { panic("unused") }
 func (slow) Backup(context.Context, io.Writer) (int64, error)            { panic("unused") }
 func (slow) Verify(context.Context) ([]string, error)                    { panic("unused") }
+func (slow) Status(context.Context) (Status, error)                      { panic("unused") }
 func (slow) Close() error                                                { return nil }
 func (slow) Remote() bool                                                { return false }
 func (slow) AddDevice(context.Context, string, string, bool) (string, error) {

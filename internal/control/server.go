@@ -60,6 +60,11 @@ func routes() []route {
 			p, err := c.admin.Verify(c.ctx)
 			return problemsBody{p}, err
 		})},
+		{"GET /status", jsonOp(func(c call, _ none) (Status, error) {
+			st, err := c.admin.Status(c.ctx)
+			st.Live = c.live.get()
+			return st, err
+		})},
 		{"GET /backup", streamOp(func(c call, w io.Writer) (int64, error) {
 			return c.admin.Backup(c.ctx, w)
 		})},
@@ -87,6 +92,7 @@ type call struct {
 	ctx   context.Context
 	admin Admin
 	r     *http.Request
+	live  *liveSource // the running server's own figures
 }
 
 // addr is the account address in the request's path.
@@ -100,7 +106,7 @@ func jsonOp[In, Out any](op func(c call, in In) (Out, error)) serveFunc {
 		if err := s.readJSON(w, r, &in); err != nil {
 			return err
 		}
-		out, err := op(call{r.Context(), s.admin, r}, in)
+		out, err := op(call{r.Context(), s.admin, r, &s.live}, in)
 		if err != nil {
 			return err
 		}
@@ -131,7 +137,7 @@ func streamOp(op func(c call, w io.Writer) (int64, error)) serveFunc {
 		defer untrack()
 		sw := &streamWriter{w: w, rc: http.NewResponseController(w), stall: s.lim.stall}
 		bw := bufio.NewWriterSize(sw, 64<<10)
-		n, err := op(call{r.Context(), s.admin, r}, bw)
+		n, err := op(call{r.Context(), s.admin, r, &s.live}, bw)
 		if err == nil {
 			err = bw.Flush()
 		}
@@ -236,6 +242,7 @@ type Server struct {
 	path   string
 	http   *http.Server
 	served chan struct{} // closed when http.Serve has returned
+	live   liveSource    // SetLive's
 
 	// Connections carrying a backup or export: a read transaction stays
 	// open while they last, so Close cuts them rather than wait.

@@ -13,8 +13,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,12 +38,18 @@ type Metrics struct {
 	stress       *prometheus.CounterVec
 	stressed     *prometheus.GaugeVec
 	milterFails  *prometheus.CounterVec
+
+	// counts are the SMTP counts "postie status" shows, readable without
+	// going through the registry.
+	countsMu sync.Mutex
+	accepted int64
+	refused  map[string]int64
 }
 
 // New makes the collectors and registers them, with the Go runtime's and
 // the process's own, on a fresh registry.
 func New() *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry()}
+	m := &Metrics{reg: prometheus.NewRegistry(), refused: map[string]int64{}}
 	m.smtpConns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "postie_smtp_connections_total", Help: "SMTP connections, by result (accepted, refused: over a connection limit or on a blocklist).",
 	}, []string{"result"})
@@ -74,6 +82,12 @@ func New() *Metrics {
 	}, []string{"filter"})
 	m.reg.MustRegister(m.smtpConns, m.smtpMessages, m.smtpVerdicts, m.smtpBytes, m.pop3Logins, m.pop3Messages, m.pop3Bytes, m.stress, m.stressed, m.milterFails,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Both services' stress series exist from the start (0), so that a
+	// dashboard shows them before the first stress.
+	for _, svc := range []string{"smtp", "pop3"} {
+		m.stress.WithLabelValues(svc)
+		m.stressed.WithLabelValues(svc).Set(0)
+	}
 	return m
 }
 
@@ -89,6 +103,9 @@ func (m *Metrics) SMTPAccepted(size int64) {
 	if m != nil {
 		m.smtpMessages.WithLabelValues("accepted", "").Inc()
 		m.smtpBytes.Add(float64(size))
+		m.countsMu.Lock()
+		m.accepted++
+		m.countsMu.Unlock()
 	}
 }
 
@@ -98,7 +115,24 @@ func (m *Metrics) SMTPAccepted(size int64) {
 func (m *Metrics) SMTPRefused(reason string) {
 	if m != nil {
 		m.smtpMessages.WithLabelValues("refused", reason).Inc()
+		m.countsMu.Lock()
+		m.refused[reason]++
+		m.countsMu.Unlock()
 	}
+}
+
+// SMTPCounts returns the messages accepted and the refusals by reason
+// counted since New (postie_smtp_messages_total's figures). Nil counts
+// nothing.
+func (m *Metrics) SMTPCounts() (accepted int64, refused map[string]int64) {
+	refused = map[string]int64{}
+	if m == nil {
+		return 0, refused
+	}
+	m.countsMu.Lock()
+	defer m.countsMu.Unlock()
+	maps.Copy(refused, m.refused)
+	return m.accepted, refused
 }
 
 // Verdict counts one check's result ("pass", "fail", "temperror", ...).

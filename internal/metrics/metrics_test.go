@@ -75,11 +75,16 @@ func TestScrape(t *testing.T) {
 		`postie_mailbox_last_login_timestamp_seconds{account="alice@example.com"} 0`,
 		`postie_mailbox_fetch_overdue{account="alice@example.com"} 0`,
 		`postie_tls_certificate_expiry_timestamp_seconds 1.9e+09`,
+		`postie_stress{service="smtp"} 0`, // before any stress
+		`postie_stress_total{service="pop3"} 0`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("scrape lacks %s", want)
 		}
+	}
+	if acc, ref := m.SMTPCounts(); acc != 1 || len(ref) != 1 || ref["unknown_user"] != 2 {
+		t.Errorf("SMTPCounts: %d, %v; want 1 accepted, 2 unknown_user", acc, ref)
 	}
 }
 
@@ -91,6 +96,9 @@ func TestNilMetricsIsSafe(t *testing.T) {
 	m.POP3Login("ok")
 	m.POP3Session(1, 2, 3)
 	m.SMTPConnection("accepted")
+	if acc, ref := m.SMTPCounts(); acc != 0 || ref == nil || len(ref) != 0 {
+		t.Errorf("nil SMTPCounts: %d, %v", acc, ref)
+	}
 	if err := m.Register(nil); err != nil {
 		t.Fatal(err)
 	}
