@@ -482,6 +482,12 @@ func (s *Store) writeChunks(tx *bbolt.Tx, id uint64, first uint32, chunks []*[]b
 // ErrQuotaExceeded if one would go over its storage limit, and with
 // ErrStorageFull if the disk is full; in each case nothing is stored.
 func (d *Delivery) Commit(prefix []byte, accounts []string) (MessageID, error) {
+	return d.commit(prefix, accounts, nil)
+}
+
+// commit is Commit, or with note the same into the quarantine instead of
+// the mailboxes (CommitQuarantine).
+func (d *Delivery) commit(prefix []byte, accounts []string, note *QuarantineNote) (MessageID, error) {
 	if d.done {
 		return 0, errors.New("spool: delivery already ended")
 	}
@@ -556,9 +562,16 @@ func (d *Delivery) Commit(prefix []byte, accounts []string) (MessageID, error) {
 			id = seq
 		}
 		// Check every mailbox before writing anything, so a refusal
-		// leaves the transaction clean for the other work in it.
+		// leaves the transaction clean for the other work in it. The
+		// quarantine is no mailbox's, and counts against no quota.
 		boxes := make([]*bbolt.Bucket, len(rcpts))
+		if note != nil {
+			boxes = nil
+		}
 		for i, r := range rcpts {
+			if note != nil {
+				break
+			}
 			a, err := getAccount(tx, r)
 			if err != nil {
 				return err
@@ -589,6 +602,13 @@ func (d *Delivery) Commit(prefix []byte, accounts []string) (MessageID, error) {
 			}
 		}
 		rec := messageRecord{Envelope: d.env, Arrived: now, Size: size, Chunks: nChunks, Prefix: len(prefix) > 0, Refs: len(boxes)}
+		if note != nil {
+			rec.Refs = 1 // the quarantine's
+			q := quarantineRecord{QuarantineNote: *note, Accounts: rcpts, Arrived: now, Size: size}
+			if err := tx.Bucket(bucketQuarantine).Put(u64(id), encode(&q)); err != nil {
+				return err
+			}
+		}
 		if err := tx.Bucket(bucketMessages).Put(u64(id), encode(&rec)); err != nil {
 			return err
 		}

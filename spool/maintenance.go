@@ -304,9 +304,24 @@ func verifyTx(tx *bbolt.Tx) []error {
 		}
 		return nil
 	})
+	if qb := tx.Bucket(bucketQuarantine); qb != nil {
+		qb.ForEach(func(k, v []byte) error {
+			if len(k) != 8 {
+				add("quarantine key %x has the wrong length", k)
+				return nil
+			}
+			m := msgs[beUint64(k)]
+			if m == nil {
+				add("quarantine holds missing message %d", beUint64(k))
+				return nil
+			}
+			m.refs++
+			return nil
+		})
+	}
 	for id, m := range msgs {
 		if m.refs != m.rec.Refs {
-			add("message %d: %d mailboxes hold it, its count says %d", id, m.refs, m.rec.Refs)
+			add("message %d: %d mailboxes (or the quarantine) hold it, its count says %d", id, m.refs, m.rec.Refs)
 		}
 	}
 	if got := getStoreStats(tx); got != total {

@@ -18,6 +18,10 @@ var (
 	bucketMessages  = []byte("messages")  // message id (8 bytes) -> messageRecord (JSON)
 	bucketChunks    = []byte("chunks")    // message id (8) + index (4) -> body bytes
 	bucketPending   = []byte("pending")   // message id (8) -> start time: deliveries not yet linked
+	// message id (8 bytes) -> quarantineRecord (JSON): messages held for
+	// the owner instead of delivered. Stores made before it lack it until
+	// Open creates it.
+	bucketQuarantine = []byte("quarantine")
 
 	keySchemaVersion = []byte("schema_version")
 	keyStats         = []byte("stats")

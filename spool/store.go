@@ -76,6 +76,15 @@ type Options struct {
 	// DeviceDeleteGrace removes a message this long after the first device
 	// deleted it, even if other devices have not. Default 90 days.
 	DeviceDeleteGrace units.Duration `toml:"device_delete_grace"`
+	// QuarantineRetention is how long a message held in the quarantine is
+	// kept (a refused message's copy, or one a content filter
+	// quarantined) before it is removed. 0 turns the quarantine off: a
+	// refused message is not kept, and one a filter quarantines is
+	// delivered, marked. Default 7 days.
+	QuarantineRetention units.Duration `toml:"quarantine_retention"`
+	// QuarantineMaxSize bounds the quarantine's total size; the oldest
+	// messages go first when it is full. Default 256 MiB.
+	QuarantineMaxSize units.Size `toml:"quarantine_max_size"`
 	// AuthCacheTTL is how long a successful check of an account password
 	// is remembered, so that a client polling every few minutes does not
 	// cost an argon2 hash each time (Dovecot's auth cache). Changing the
@@ -128,9 +137,11 @@ const defaultChunkSize = 64<<10 - 44
 // DefaultOptions returns the owner-facing defaults.
 func DefaultOptions() Options {
 	return Options{
-		DeviceIdle:        units.DurationOf(30 * 24 * time.Hour),
-		DeviceDeleteGrace: units.DurationOf(90 * 24 * time.Hour),
-		AuthCacheTTL:      units.DurationOf(time.Hour),
+		DeviceIdle:          units.DurationOf(30 * 24 * time.Hour),
+		DeviceDeleteGrace:   units.DurationOf(90 * 24 * time.Hour),
+		AuthCacheTTL:        units.DurationOf(time.Hour),
+		QuarantineRetention: units.DurationOf(7 * 24 * time.Hour),
+		QuarantineMaxSize:   256 << 20,
 	}
 }
 
@@ -148,6 +159,12 @@ func (o Options) Validate() error {
 	}
 	if o.DeviceDeleteGrace.D() < time.Hour {
 		errs = append(errs, fmt.Errorf("spool.device_delete_grace: %s is too short: at least 1h (the default is 2160h, 90 days)", o.DeviceDeleteGrace))
+	}
+	if o.QuarantineRetention.D() < 0 || o.QuarantineRetention.D() > 0 && o.QuarantineRetention.D() < time.Hour {
+		errs = append(errs, fmt.Errorf("spool.quarantine_retention: %s: use 0 to turn the quarantine off or at least 1h (the default is 168h, 7 days)", o.QuarantineRetention))
+	}
+	if o.QuarantineMaxSize < 0 {
+		errs = append(errs, fmt.Errorf("spool.quarantine_max_size: %s must not be negative", o.QuarantineMaxSize))
 	}
 	if o.MaxSize != 0 && o.MaxSize < 1<<20 {
 		errs = append(errs, fmt.Errorf("spool.max_size: %s is too small; use 0 for no limit or at least 1MiB", o.MaxSize))
@@ -294,7 +311,7 @@ func Open(opts Options) (*Store, error) {
 func (s *Store) initialize() error {
 	var abandoned []uint64
 	err := s.db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketAccounts, bucketMailboxes, bucketMessages, bucketChunks, bucketPending} {
+		for _, name := range [][]byte{bucketMeta, bucketAccounts, bucketMailboxes, bucketMessages, bucketChunks, bucketPending, bucketQuarantine} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("spool: create bucket %s: %w", name, err)
 			}

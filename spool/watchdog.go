@@ -91,10 +91,11 @@ type HousekeepingOptions struct {
 	Logger *slog.Logger
 }
 
-// Housekeeping runs until ctx ends: the watchdog at once and after every
-// round, and each round Sweep, which applies the passing of time (device
-// idleness, the deletion grace, retention). Failures are logged, never
-// fatal.
+// Housekeeping runs until ctx ends: the watchdog and the quarantine's
+// pruning at once and after every round (with the quarantine's daily
+// count in the log), and each round Sweep, which applies the passing of
+// time (device idleness, the deletion grace, retention). Failures are
+// logged, never fatal.
 func (s *Store) Housekeeping(ctx context.Context, o HousekeepingOptions) {
 	if o.Every <= 0 {
 		o.Every = 10 * time.Minute
@@ -102,9 +103,20 @@ func (s *Store) Housekeeping(ctx context.Context, o HousekeepingOptions) {
 	w := s.NewWatchdog(o.FetchOverdue, o.QuotaWarning, o.Logger)
 	t := time.NewTicker(o.Every)
 	defer t.Stop()
+	var lastCount time.Time
 	for {
-		if _, err := w.Check(s.opts.Now()); err != nil && ctx.Err() == nil {
+		now := s.opts.Now()
+		if _, err := w.Check(now); err != nil && ctx.Err() == nil {
 			s.log.Error("watchdog failed", "err", err)
+		}
+		removed, lastDay, err := s.QuarantinePrune(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.log.Error("quarantine pruning failed", "err", err)
+		case err == nil && now.Sub(lastCount) >= 24*time.Hour:
+			// The daily count: what the owner may want to look through.
+			lastCount = now
+			w.log.Info("quarantine: messages held in the last 24 hours", "count", lastDay, "removed_now", removed)
 		}
 		select {
 		case <-ctx.Done():

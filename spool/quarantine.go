@@ -1,0 +1,290 @@
+package spool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// The quarantine holds messages for the owner instead of delivering them:
+// a copy of every message refused after DATA for a policy reason (DMARC
+// reject, a content filter's reject), whose sender got the refusal, and
+// every message a content filter quarantined or discarded, whose sender
+// got 250. It is no mailbox: it counts against no quota, POP3 never shows
+// it, and the owner lists, reads, releases or deletes its messages with
+// "postie quarantine". Messages leave it after QuarantineRetention, the
+// oldest first when it is over QuarantineMaxSize.
+
+// ErrQuarantineOff means the quarantine is turned off
+// (QuarantineRetention 0).
+var ErrQuarantineOff = errors.New("spool: the quarantine is off ([spool] quarantine_retention = \"0s\")")
+
+// QuarantineNote is what a quarantined message is held with, for the owner
+// to decide on it.
+type QuarantineNote struct {
+	Reason  string `json:"reason"`            // why it is held, in words
+	Refused bool   `json:"refused,omitempty"` // the sender got a refusal (else 250)
+	From    string `json:"from,omitempty"`    // the From field, for the listing
+	Subject string `json:"subject,omitempty"` // the Subject field, for the listing
+}
+
+// quarantineRecord is a quarantined message as stored.
+type quarantineRecord struct {
+	QuarantineNote
+	Accounts []string  `json:"accounts"` // the recipients' accounts: where release delivers it
+	Arrived  time.Time `json:"arrived"`
+	Size     int64     `json:"size"`
+}
+
+// Quarantined describes a message in the quarantine.
+type Quarantined struct {
+	ID       MessageID
+	Arrived  time.Time
+	Size     int64
+	MailFrom string   // the envelope sender
+	Accounts []string // the accounts it was for
+	QuarantineNote
+}
+
+// CommitQuarantine ends the delivery like Commit, but into the quarantine:
+// held for the owner, not delivered, with note. It fails with
+// ErrQuarantineOff when the quarantine is off.
+func (d *Delivery) CommitQuarantine(prefix []byte, accounts []string, note QuarantineNote) (MessageID, error) {
+	if d.s.opts.QuarantineRetention.D() <= 0 {
+		d.Abort()
+		return 0, ErrQuarantineOff
+	}
+	note.From, note.Subject = clip(note.From, 200), clip(note.Subject, 200)
+	note.Reason = clip(note.Reason, 500)
+	return d.commit(prefix, accounts, &note)
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// QuarantineList lists the quarantined messages, oldest first; with an
+// account, only those for it.
+func (s *Store) QuarantineList(account string) ([]Quarantined, error) {
+	if account != "" {
+		a, err := NormalizeAddress(account)
+		if err != nil {
+			return nil, err
+		}
+		account = a
+	}
+	var out []Quarantined
+	err := s.view(func(tx *bbolt.Tx) error {
+		return forEachQuarantined(tx, func(id uint64, q *quarantineRecord, rec *messageRecord) error {
+			if account != "" && !slices.Contains(q.Accounts, account) {
+				return nil
+			}
+			out = append(out, Quarantined{ID: MessageID(id), Arrived: q.Arrived, Size: q.Size, MailFrom: rec.Envelope.MailFrom, Accounts: q.Accounts, QuarantineNote: q.QuarantineNote})
+			return nil
+		})
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Arrived.Before(out[j].Arrived) })
+	return out, err
+}
+
+// forEachQuarantined calls fn for every quarantined message with its
+// records.
+func forEachQuarantined(tx *bbolt.Tx, fn func(id uint64, q *quarantineRecord, rec *messageRecord) error) error {
+	qb := tx.Bucket(bucketQuarantine)
+	if qb == nil {
+		return nil
+	}
+	return qb.ForEach(func(k, v []byte) error {
+		var q quarantineRecord
+		if err := decode("quarantine", v, &q); err != nil {
+			return err
+		}
+		var rec messageRecord
+		mv := tx.Bucket(bucketMessages).Get(k)
+		if mv == nil {
+			return fmt.Errorf("spool: quarantined message %d is missing", beUint64(k))
+		}
+		if err := decode("message", mv, &rec); err != nil {
+			return err
+		}
+		return fn(beUint64(k), &q, &rec)
+	})
+}
+
+// QuarantineMessage opens a quarantined message for reading (all of it,
+// with the header fields Postie added). The caller closes it.
+func (s *Store) QuarantineMessage(id MessageID) (io.ReadCloser, Quarantined, error) {
+	var info Quarantined
+	err := s.view(func(tx *bbolt.Tx) error {
+		found := false
+		err := forEachQuarantined(tx, func(qid uint64, q *quarantineRecord, rec *messageRecord) error {
+			if qid == uint64(id) {
+				found = true
+				info = Quarantined{ID: id, Arrived: q.Arrived, Size: q.Size, MailFrom: rec.Envelope.MailFrom, Accounts: q.Accounts, QuarantineNote: q.QuarantineNote}
+			}
+			return nil
+		})
+		if err == nil && !found {
+			err = fmt.Errorf("%w: %s is not in the quarantine", ErrNoSuchMessage, id)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, info, err
+	}
+	r, err := s.openMessage(uint64(id), info.Size)
+	if err != nil {
+		return nil, info, err
+	}
+	return r, info, nil
+}
+
+// QuarantineRelease delivers a quarantined message to the mailboxes of
+// the accounts it was for that still exist, with a header field on top
+// saying when and why it was held, and takes it out of the quarantine. It
+// returns the accounts it reached. The owner's decision goes past the
+// quota.
+func (s *Store) QuarantineRelease(ctx context.Context, id MessageID) ([]string, error) {
+	var reached []string
+	now := s.opts.Now()
+	err := s.update(ctx, 0, func(tx *bbolt.Tx) error {
+		reached = nil
+		qb := tx.Bucket(bucketQuarantine)
+		v := qb.Get(u64(uint64(id)))
+		if v == nil {
+			return fmt.Errorf("%w: %s is not in the quarantine", ErrNoSuchMessage, id)
+		}
+		var q quarantineRecord
+		if err := decode("quarantine", v, &q); err != nil {
+			return err
+		}
+		var rec messageRecord
+		if err := decode("message", tx.Bucket(bucketMessages).Get(u64(uint64(id))), &rec); err != nil {
+			return err
+		}
+		var boxes []*bbolt.Bucket
+		for _, a := range q.Accounts {
+			if mb := tx.Bucket(bucketMailboxes).Bucket([]byte(a)); mb != nil {
+				boxes = append(boxes, mb)
+				reached = append(reached, a)
+			}
+		}
+		if len(boxes) == 0 {
+			return fmt.Errorf("%w: none of its accounts (%s) exists any more", ErrNoSuchAccount, strings.Join(q.Accounts, ", "))
+		}
+		note := []byte(fmt.Sprintf("X-Postie-Released: %s; held in quarantine since %s: %s\r\n",
+			now.UTC().Format(time.RFC1123Z), q.Arrived.UTC().Format(time.RFC1123Z), headerText(q.Reason)))
+		chunks := tx.Bucket(bucketChunks)
+		prefix := note
+		if rec.Prefix {
+			prefix = append(prefix, chunks.Get(chunkKey(uint64(id), 0))...)
+		}
+		if err := chunks.Put(chunkKey(uint64(id), 0), prefix); err != nil {
+			return err
+		}
+		added := int64(len(note))
+		rec.Prefix, rec.Size, rec.Refs = true, rec.Size+added, len(boxes)
+		if err := tx.Bucket(bucketMessages).Put(u64(uint64(id)), encode(&rec)); err != nil {
+			return err
+		}
+		for _, mb := range boxes {
+			uid, err := mb.NextSequence()
+			if err != nil {
+				return err
+			}
+			e := entryRecord{Message: uint64(id), Size: rec.Size, Arrived: now}
+			if err := mb.Put(u64(uid), encode(&e)); err != nil {
+				return err
+			}
+			if err := addMailboxStats(mb, 1, rec.Size); err != nil {
+				return err
+			}
+		}
+		if err := addStoreStats(tx, 0, added); err != nil {
+			return err
+		}
+		return qb.Delete(u64(uint64(id)))
+	})
+	return reached, err
+}
+
+// headerText makes s safe inside a header field: one line, printable.
+func headerText(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// QuarantineDelete removes a message from the quarantine for good.
+func (s *Store) QuarantineDelete(ctx context.Context, id MessageID) error {
+	return s.update(ctx, 0, func(tx *bbolt.Tx) error {
+		qb := tx.Bucket(bucketQuarantine)
+		if qb.Get(u64(uint64(id))) == nil {
+			return fmt.Errorf("%w: %s is not in the quarantine", ErrNoSuchMessage, id)
+		}
+		if err := qb.Delete(u64(uint64(id))); err != nil {
+			return err
+		}
+		return unref(tx, uint64(id))
+	})
+}
+
+// QuarantinePrune removes the messages held longer than
+// QuarantineRetention and, while the quarantine is over
+// QuarantineMaxSize, the oldest. It returns how many it removed and how
+// many arrived in the last 24 hours (for the daily count).
+func (s *Store) QuarantinePrune(ctx context.Context) (removed, lastDay int, err error) {
+	now := s.opts.Now()
+	keep := s.opts.QuarantineRetention.D()
+	err = s.update(ctx, 0, func(tx *bbolt.Tx) error {
+		removed, lastDay = 0, 0
+		type held struct {
+			id      uint64
+			arrived time.Time
+			size    int64
+		}
+		var all []held
+		var total int64
+		err := forEachQuarantined(tx, func(id uint64, q *quarantineRecord, _ *messageRecord) error {
+			all = append(all, held{id, q.Arrived, q.Size})
+			total += q.Size
+			if now.Sub(q.Arrived) < 24*time.Hour {
+				lastDay++
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		sort.Slice(all, func(i, j int) bool { return all[i].arrived.Before(all[j].arrived) })
+		qb := tx.Bucket(bucketQuarantine)
+		for _, h := range all {
+			if now.Sub(h.arrived) <= keep && (s.opts.QuarantineMaxSize <= 0 || total <= int64(s.opts.QuarantineMaxSize)) {
+				break
+			}
+			if err := qb.Delete(u64(h.id)); err != nil {
+				return err
+			}
+			if err := unref(tx, h.id); err != nil {
+				return err
+			}
+			total -= h.size
+			removed++
+		}
+		return nil
+	})
+	return removed, lastDay, err
+}
