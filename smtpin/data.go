@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -38,8 +39,11 @@ type result struct {
 	dkim  []authcheck.DKIM
 	dmarc []authcheck.DMARC
 	// quarantine is a content filter's reason to hold the message for the
-	// owner instead of delivering it (answered 250 all the same).
+	// owner instead of delivering it (answered 250 all the same); id is
+	// then its id in the quarantine.
 	quarantine string
+	// held is the quarantine id of the owner's copy of a refused message.
+	held spool.MessageID
 }
 
 // receive reads one message from r and stores it, or refuses it. The
@@ -189,18 +193,25 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 		res.reply, res.err = errLocal, fmt.Errorf("%w: the connection ended before the message did", errClient)
 		return res
 	}
+	// What goes before the body at commit: the trace fields, and with
+	// filters the header section (not yet written).
+	prefix := s.trace(t, res)
+	var clean []byte
+	if filters != nil {
+		clean = toCRLF(s.cleanHeader(hdr, fields))
+	}
 	if e, why := s.decide(res, tooManyAuthors); e != nil {
 		res.reply, res.err = e, errors.New(why)
+		s.holdRefused(d, t, res, append(prefix, clean...), hdr, fields, why)
 		return res
 	}
-	prefix := s.trace(t, res)
 	if filters != nil {
 		filters.end()
 		if filters.reply != nil {
 			res.reply, res.err = filters.reply, errors.New(filters.why)
+			s.holdRefused(d, t, res, append(prefix, clean...), hdr, fields, filters.why)
 			return res
 		}
-		clean := toCRLF(s.cleanHeader(hdr, fields))
 		h, err := applyHeaderMods(clean, parseFields(clean), filters.mods)
 		if err != nil {
 			// A filter's bad header change is its failure, not the
@@ -208,9 +219,23 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 			s.c.log.Warn("content filter sent a header change that was not applied", "err", err)
 			h = clean
 		}
+		if filters.quarantine != "" && !s.s.store.QuarantineOn() {
+			// Never a silent loss: delivered, marked for the mail app.
+			s.c.log.Warn("a content filter asked to quarantine the message, but the quarantine is off: delivering it marked", "reason", filters.quarantine)
+			prefix = append(prefix, "X-Postie-Quarantine: asked by a content filter ("+headerText(filters.quarantine)+"); the quarantine is off\r\n"...)
+			filters.quarantine = ""
+		}
 		prefix = append(prefix, h...)
 		if filters.quarantine != "" {
-			res.quarantine = filters.quarantine
+			note := spool.QuarantineNote{Reason: filters.quarantine, From: headerValue(hdr, fields, "From"), Subject: headerValue(hdr, fields, "Subject")}
+			id, err := d.CommitQuarantine(prefix, t.accounts, note)
+			if err != nil {
+				res.reply, res.err = storageReply(err), err
+				return res
+			}
+			// Answered 250, as Postfix does: the filter took it.
+			res.id, res.quarantine = id, filters.quarantine
+			return res
 		}
 	}
 
@@ -221,6 +246,35 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 	}
 	res.id = id
 	return res
+}
+
+// holdRefused keeps the owner's copy of a message refused after DATA for
+// a policy reason (a 5xx: DMARC, SPF, a filter's reject) in the quarantine;
+// the sender gets the refusal all the same. Temporary refusals are not
+// kept: the sender retries. With the quarantine off it does nothing.
+func (s *session) holdRefused(d *spool.Delivery, t *transaction, res *result, prefix, hdr []byte, fields []field, why string) {
+	if res.reply == nil || res.reply.Code/100 != 5 {
+		return
+	}
+	note := spool.QuarantineNote{Reason: why, Refused: true, From: headerValue(hdr, fields, "From"), Subject: headerValue(hdr, fields, "Subject")}
+	id, err := d.CommitQuarantine(prefix, t.accounts, note)
+	switch {
+	case err == nil:
+		res.held = id
+	case errors.Is(err, spool.ErrQuarantineOff):
+	default:
+		s.c.log.Warn("could not keep a refused message in the quarantine", "err", err)
+	}
+}
+
+// headerValue returns the value of the first field named name, unfolded.
+func headerValue(hdr []byte, fields []field, name string) string {
+	for _, f := range fields {
+		if bytes.EqualFold(f.name(hdr), []byte(name)) {
+			return f.value(hdr)
+		}
+	}
+	return ""
 }
 
 // awaitSPF returns the SPF verdict of a transaction. Its check ends by its
@@ -385,4 +439,10 @@ func toCRLF(b []byte) []byte {
 		}
 	}
 	return out
+}
+
+// headerText makes s safe inside a header field: one line, printable
+// ASCII.
+func headerText(s string) string {
+	return asciiText(strings.NewReplacer("\r", " ", "\n", " ").Replace(s))
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-milter"
 
 	"github.com/postie/postie/internal/units"
+	"github.com/postie/postie/spool"
 )
 
 // scriptedMilter is a filter run by go-milter's own server over a real
@@ -297,4 +298,68 @@ func FuzzApplyHeaderMods(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestQuarantineFromFilters: a filter's quarantine or discard gets 250 and
+// holds the message in the quarantine, not the mailbox; a filter's reject
+// gets 550 and the owner's copy is held too; a tempfail keeps nothing.
+// With the quarantine off, a quarantined message is delivered, marked.
+func TestQuarantineFromFilters(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		end      func(string, *milter.Modifier) (milter.Response, error)
+		off      bool
+		reply    string
+		held     int
+		refused  bool
+		reason   string
+		inbox    int
+		inboxHas string
+	}{
+		{name: "quarantine", end: func(_ string, m *milter.Modifier) (milter.Response, error) {
+			m.Quarantine("looks like phishing")
+			return milter.RespAccept, nil
+		}, reply: "250 2.0.0 Message stored", held: 1, reason: "looks like phishing"},
+		{name: "discard", end: func(string, *milter.Modifier) (milter.Response, error) { return milter.RespDiscard, nil },
+			reply: "250 2.0.0 Message stored", held: 1, reason: "discarded by the filter"},
+		{name: "reject", end: func(string, *milter.Modifier) (milter.Response, error) { return milter.RespReject, nil },
+			reply: "550 5.7.1", held: 1, refused: true, reason: "reject"},
+		{name: "tempfail", end: func(string, *milter.Modifier) (milter.Response, error) { return milter.RespTempFail, nil },
+			reply: "451 4.7.1", held: 0},
+		{name: "quarantine off", off: true, end: func(_ string, m *milter.Modifier) (milter.Response, error) {
+			m.Quarantine("looks like phishing")
+			return milter.RespContinue, nil
+		}, reply: "250 2.0.0 Message stored", inbox: 1, inboxHas: "X-Postie-Quarantine: asked by a content filter"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &filterScript{atEnd: tc.end}
+			e := newEnvSpool(t, func(o *spool.Options) {
+				if tc.off {
+					o.QuarantineRetention = units.DurationOf(0)
+				}
+			}, withMilters(MilterConfig{Name: "test", Address: startFilter(t, f)}))
+			c := e.dial()
+			c.hello()
+			if got := c.deliver("a@sender.example", crlf(filterTestMessage), alice); !strings.HasPrefix(got, tc.reply) {
+				t.Fatalf("DATA: %q, want %q", got, tc.reply)
+			}
+			held, err := e.store.QuarantineList(alice)
+			if err != nil || len(held) != tc.held {
+				t.Fatalf("quarantine: %+v, %v; want %d", held, err, tc.held)
+			}
+			if tc.held > 0 {
+				q := held[0]
+				if !strings.Contains(q.Reason, tc.reason) || q.Refused != tc.refused || q.Subject != "hello" || q.From != "a@sender.example" {
+					t.Errorf("held %+v, want reason %q, refused %v", q, tc.reason, tc.refused)
+				}
+			}
+			msgs := e.messages(alice)
+			if len(msgs) != tc.inbox {
+				t.Fatalf("%d messages in the mailbox, want %d", len(msgs), tc.inbox)
+			}
+			if tc.inboxHas != "" && !strings.Contains(msgs[0], tc.inboxHas) {
+				t.Errorf("the delivered message lacks %q:\n%s", tc.inboxHas, msgs[0])
+			}
+		})
+	}
 }

@@ -264,6 +264,13 @@ func (s *session) logTransaction(t *transaction, res *result) {
 	}
 	attrs = append(attrs, "duration", time.Since(t.started).Round(time.Millisecond))
 	s.countVerdicts(res)
+	if res.reply == nil && res.quarantine != "" {
+		attrs = append(attrs, "code", 250, "id", res.id.String(), "reason", res.quarantine)
+		s.c.log.Info("message quarantined", attrs...)
+		s.c.delivered()
+		s.s.metrics.SMTPQuarantined("filter")
+		return
+	}
 	if res.reply == nil {
 		attrs = append(attrs, "code", 250, "id", res.id.String())
 		s.c.log.Info("message accepted", attrs...)
@@ -273,6 +280,11 @@ func (s *session) logTransaction(t *transaction, res *result) {
 	}
 	s.s.metrics.SMTPRefused(reason(res.reply))
 	attrs = append(attrs, "code", res.reply.Code, "status", statusString(res.reply))
+	if res.held != 0 {
+		// The owner's copy: postie quarantine show <id>.
+		attrs = append(attrs, "quarantine_id", res.held.String())
+		s.s.metrics.SMTPQuarantined("refused")
+	}
 	if res.err != nil {
 		attrs = append(attrs, "err", res.err)
 	}

@@ -73,6 +73,9 @@ func clip(s string, n int) string {
 	return s
 }
 
+// QuarantineOn reports whether the quarantine keeps messages.
+func (s *Store) QuarantineOn() bool { return s.opts.QuarantineRetention.D() > 0 }
+
 // QuarantineList lists the quarantined messages, oldest first; with an
 // account, only those for it.
 func (s *Store) QuarantineList(account string) ([]Quarantined, error) {

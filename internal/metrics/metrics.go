@@ -109,6 +109,15 @@ func (m *Metrics) SMTPAccepted(size int64) {
 	}
 }
 
+// SMTPQuarantined counts a message held in the quarantine: "filter" (a
+// content filter quarantined it; the sender got 250) or "refused" (the
+// owner's copy of a refused message).
+func (m *Metrics) SMTPQuarantined(kind string) {
+	if m != nil {
+		m.smtpMessages.WithLabelValues("quarantined", kind).Inc()
+	}
+}
+
 // SMTPRefused counts a refusal, with a short reason ("unknown_user",
 // "relay", "size", "dmarc", "spf", "dns_temperror", "storage", "quota",
 // "recipients", "timeout", "protocol", ...).
