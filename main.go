@@ -31,17 +31,18 @@ type command struct {
 // commandTable returns the subcommand table.
 func commandTable() map[string]command {
 	table := map[string]command{
-		"serve":   {"[-config FILE]", "run everything the config enables", cmdServe},
-		"local":   {"[-dir DIR]", "try Postie on this machine: loopback ports, self-signed certificate, a test account", cmdLocal},
-		"user":    {"add|passwd|del|list|quota [ADDRESS] [SIZE] [-config FILE]", "manage accounts (the password is read from standard input)", cmdUser},
-		"device":  {"add ADDRESS NAME [-all] | list ADDRESS | del ADDRESS NAME", "manage per-device passwords of an account", cmdDevice},
-		"restore": {"ADDRESS [-config FILE]", "bring back the messages a client deleted, while retention keeps them", cmdRestore},
-		"backup":  {"FILE [-config FILE]", "write a consistent copy of the spool, also while the server runs", cmdBackup},
-		"export":  {"ADDRESS [-config FILE]", "write a mailbox to standard output as mbox", cmdExport},
-		"verify":  {"[-config FILE]", "check the spool's integrity", cmdVerify},
-		"status":  {"[-config FILE]", "one screen for the owner: accounts, devices, mail received and refused, certificate, warnings", cmdStatus},
-		"check":   {"[-config FILE] [-ip ADDRESS]...", "check the DNS records and the certificate the internet sees, and print the records to publish", cmdCheck},
-		"version": {"", "print the version", func(env *cliEnv, _ []string) error { fmt.Fprintln(env.stdout, "postie", version); return nil }},
+		"serve":      {"[-config FILE]", "run everything the config enables", cmdServe},
+		"local":      {"[-dir DIR]", "try Postie on this machine: loopback ports, self-signed certificate, a test account", cmdLocal},
+		"user":       {"add|passwd|del|list|quota [ADDRESS] [SIZE] [-config FILE]", "manage accounts (the password is read from standard input)", cmdUser},
+		"device":     {"add ADDRESS NAME [-all] | list ADDRESS | del ADDRESS NAME", "manage per-device passwords of an account", cmdDevice},
+		"restore":    {"ADDRESS [-config FILE]", "bring back the messages a client deleted, while retention keeps them", cmdRestore},
+		"backup":     {"FILE [-config FILE]", "write a consistent copy of the spool, also while the server runs", cmdBackup},
+		"export":     {"ADDRESS [-config FILE]", "write a mailbox to standard output as mbox", cmdExport},
+		"verify":     {"[-config FILE]", "check the spool's integrity", cmdVerify},
+		"quarantine": {"list [ADDRESS] | show ID | release ID | del ID [-config FILE]", "look through the messages held for you: refused ones and those a content filter held", cmdQuarantine},
+		"status":     {"[-config FILE]", "one screen for the owner: accounts, devices, mail received and refused, certificate, warnings", cmdStatus},
+		"check":      {"[-config FILE] [-ip ADDRESS]...", "check the DNS records and the certificate the internet sees, and print the records to publish", cmdCheck},
+		"version":    {"", "print the version", func(env *cliEnv, _ []string) error { fmt.Fprintln(env.stdout, "postie", version); return nil }},
 	}
 	table["help"] = command{"[COMMAND]", "show this help", func(env *cliEnv, args []string) error { return help(env, table, args) }}
 	return table

@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -71,6 +72,16 @@ func clip(s string, n int) string {
 		return s[:n]
 	}
 	return s
+}
+
+// ParseMessageID reads a message id as String writes it (16 hex digits;
+// leading zeros may be left out).
+func ParseMessageID(s string) (MessageID, error) {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 16, 64)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("%q is not a message id (16 hex digits, as postie quarantine list shows)", s)
+	}
+	return MessageID(n), nil
 }
 
 // QuarantineOn reports whether the quarantine keeps messages.

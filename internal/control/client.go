@@ -126,6 +126,30 @@ func (c *Client) Export(ctx context.Context, addr string, w io.Writer) (int, err
 	return int(n), err
 }
 
+// QuarantineList implements Admin.
+func (c *Client) QuarantineList(ctx context.Context, addr string) ([]spool.Quarantined, error) {
+	if addr == "" {
+		return do[[]spool.Quarantined](ctx, c, http.MethodGet, nil, "quarantine")
+	}
+	return do[[]spool.Quarantined](ctx, c, http.MethodGet, nil, "accounts", addr, "quarantine")
+}
+
+// QuarantineShow implements Admin.
+func (c *Client) QuarantineShow(ctx context.Context, id spool.MessageID, w io.Writer) (int64, error) {
+	return c.stream(ctx, w, "quarantine", id.String())
+}
+
+// QuarantineRelease implements Admin.
+func (c *Client) QuarantineRelease(ctx context.Context, id spool.MessageID) ([]string, error) {
+	return do[[]string](ctx, c, http.MethodPost, nil, "quarantine", id.String(), "release")
+}
+
+// QuarantineDelete implements Admin.
+func (c *Client) QuarantineDelete(ctx context.Context, id spool.MessageID) error {
+	_, err := do[none](ctx, c, http.MethodDelete, nil, "quarantine", id.String())
+	return err
+}
+
 // Close implements Admin: it closes the idle connections to the server.
 func (c *Client) Close() error {
 	c.hc.CloseIdleConnections()

@@ -68,6 +68,15 @@ type Admin interface {
 	// Status reports every account with its devices and, from a running
 	// server, what it has seen since it started ("postie status").
 	Status(ctx context.Context) (Status, error)
+	// QuarantineList lists the quarantined messages, all or an account's.
+	QuarantineList(ctx context.Context, addr string) ([]spool.Quarantined, error)
+	// QuarantineShow writes a quarantined message, whole, to w.
+	QuarantineShow(ctx context.Context, id spool.MessageID, w io.Writer) (int64, error)
+	// QuarantineRelease delivers a quarantined message to its accounts
+	// and returns them.
+	QuarantineRelease(ctx context.Context, id spool.MessageID) ([]string, error)
+	// QuarantineDelete removes a quarantined message.
+	QuarantineDelete(ctx context.Context, id spool.MessageID) error
 	// Close releases what the Admin holds (the spool file, when opened
 	// directly).
 	Close() error
@@ -131,6 +140,23 @@ func (l local) Export(ctx context.Context, addr string, w io.Writer) (int, error
 	return l.s.Export(ctx, addr, w)
 }
 func (l local) Verify(context.Context) ([]string, error) { return problemStrings(l.s.Verify()), nil }
+func (l local) QuarantineList(_ context.Context, addr string) ([]spool.Quarantined, error) {
+	return l.s.QuarantineList(addr)
+}
+func (l local) QuarantineShow(_ context.Context, id spool.MessageID, w io.Writer) (int64, error) {
+	r, _, err := l.s.QuarantineMessage(id)
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	return io.Copy(w, r)
+}
+func (l local) QuarantineRelease(ctx context.Context, id spool.MessageID) ([]string, error) {
+	return l.s.QuarantineRelease(ctx, id)
+}
+func (l local) QuarantineDelete(ctx context.Context, id spool.MessageID) error {
+	return l.s.QuarantineDelete(ctx, id)
+}
 func (l local) Close() error                             { return l.s.Close() }
 func (l local) Remote() bool                             { return false }
 
@@ -202,6 +228,8 @@ func sentinels() []sentinel {
 		{"not_retained", spool.ErrNotRetained, http.StatusConflict},
 		{"weak_password", spool.ErrWeakPassword, http.StatusBadRequest},
 		{"storage_full", spool.ErrStorageFull, http.StatusInsufficientStorage},
+		{"no_such_message", spool.ErrNoSuchMessage, http.StatusNotFound},
+		{"quarantine_off", spool.ErrQuarantineOff, http.StatusConflict},
 	}
 }
 

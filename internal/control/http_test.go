@@ -369,7 +369,13 @@ func (slow) Remote() bool                                                { retur
 func (slow) AddDevice(context.Context, string, string, bool) (string, error) {
 	panic("unused")
 }
-func (slow) Export(context.Context, string, io.Writer) (int, error) { panic("unused") }
+func (slow) Export(context.Context, string, io.Writer) (int, error)              { panic("unused") }
+func (slow) QuarantineList(context.Context, string) ([]spool.Quarantined, error) { panic("unused") }
+func (slow) QuarantineShow(context.Context, spool.MessageID, io.Writer) (int64, error) {
+	panic("unused")
+}
+func (slow) QuarantineRelease(context.Context, spool.MessageID) ([]string, error) { panic("unused") }
+func (slow) QuarantineDelete(context.Context, spool.MessageID) error              { panic("unused") }
 
 // A request that sends its head and nothing more is dropped after the
 // read timeout; this one checks only that a half request does not block

@@ -65,6 +65,33 @@ func routes() []route {
 			st.Live = c.live.get()
 			return st, err
 		})},
+		{"GET /quarantine", jsonOp(func(c call, _ none) ([]spool.Quarantined, error) {
+			return c.admin.QuarantineList(c.ctx, "")
+		})},
+		{"GET /accounts/{addr}/quarantine", jsonOp(func(c call, _ none) ([]spool.Quarantined, error) {
+			return c.admin.QuarantineList(c.ctx, c.addr())
+		})},
+		{"GET /quarantine/{id}", streamOp(func(c call, w io.Writer) (int64, error) {
+			id, err := c.messageID()
+			if err != nil {
+				return 0, err
+			}
+			return c.admin.QuarantineShow(c.ctx, id, w)
+		})},
+		{"POST /quarantine/{id}/release", jsonOp(func(c call, _ none) ([]string, error) {
+			id, err := c.messageID()
+			if err != nil {
+				return nil, err
+			}
+			return c.admin.QuarantineRelease(c.ctx, id)
+		})},
+		{"DELETE /quarantine/{id}", jsonOp(func(c call, _ none) (none, error) {
+			id, err := c.messageID()
+			if err != nil {
+				return none{}, err
+			}
+			return none{}, c.admin.QuarantineDelete(c.ctx, id)
+		})},
 		{"GET /backup", streamOp(func(c call, w io.Writer) (int64, error) {
 			return c.admin.Backup(c.ctx, w)
 		})},
@@ -97,6 +124,15 @@ type call struct {
 
 // addr is the account address in the request's path.
 func (c call) addr() string { return c.r.PathValue("addr") }
+
+// messageID is the quarantined message's id in the request's path.
+func (c call) messageID() (spool.MessageID, error) {
+	id, err := spool.ParseMessageID(c.r.PathValue("id"))
+	if err != nil {
+		return 0, &statusError{http.StatusBadRequest, err}
+	}
+	return id, nil
+}
 
 // jsonOp makes a handler of an operation that takes a JSON request body
 // (none: an empty body will do) and answers with a JSON reply.
