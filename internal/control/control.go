@@ -157,8 +157,8 @@ func (l local) QuarantineRelease(ctx context.Context, id spool.MessageID) ([]str
 func (l local) QuarantineDelete(ctx context.Context, id spool.MessageID) error {
 	return l.s.QuarantineDelete(ctx, id)
 }
-func (l local) Close() error                             { return l.s.Close() }
-func (l local) Remote() bool                             { return false }
+func (l local) Close() error { return l.s.Close() }
+func (l local) Remote() bool { return false }
 
 func problemStrings(errs []error) []string {
 	out := make([]string, 0, len(errs))
