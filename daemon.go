@@ -239,6 +239,7 @@ func (d *daemon) serve(ctx context.Context) {
 		d.store.Housekeeping(ctx, spool.HousekeepingOptions{
 			FetchOverdue: d.cfg.Watchdog.FetchOverdue.D(),
 			QuotaWarning: d.cfg.Watchdog.QuotaWarning,
+			Greylist:     smtpin.GreylistOptions(d.cfg.SMTP),
 			Logger:       d.log.With("part", "watchdog"),
 		})
 	})

@@ -3,6 +3,7 @@ package smtpin
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/postie/postie/internal/confkit"
@@ -87,6 +88,8 @@ type Config struct {
 	// Milters are the [[smtp.milter]] tables: content filters asked about
 	// every message, in order. None by default.
 	Milters []MilterConfig `toml:"milter"`
+	// Greylist is the [smtp.greylist] table.
+	Greylist GreylistConfig `toml:"greylist"`
 
 	// Hostname is announced in the greeting and EHLO, and is the
 	// authserv-id of Authentication-Results.
@@ -126,6 +129,22 @@ type ChecksConfig struct {
 	MaxDKIMSignatures int `toml:"max_dkim_signatures"`
 }
 
+// GreylistConfig is the [smtp.greylist] table: greylisting (RFC 6647),
+// off by default. The first attempt of an unknown (client network: a /24
+// or /64, envelope sender, recipient) triplet gets 451 4.7.1; a retry
+// after Delay and before Expire passes and lets the network through for
+// PassTTL. Mail whose SPF passes, or that passes DMARC (an aligned SPF or
+// DKIM pass), and clients in Allow skip it. Kept in the spool, bounded by
+// MaxEntries.
+type GreylistConfig struct {
+	Enabled    bool           `toml:"enabled"`
+	Delay      units.Duration `toml:"delay"`
+	Expire     units.Duration `toml:"expire"`
+	PassTTL    units.Duration `toml:"pass_ttl"`
+	Allow      []string       `toml:"allow"`
+	MaxEntries int            `toml:"max_entries"`
+}
+
 // DefaultConfig returns the defaults of every key.
 func DefaultConfig() Config {
 	return Config{
@@ -153,6 +172,12 @@ func DefaultConfig() Config {
 			DMARCReject:       true,
 			Timeout:           units.DurationOf(20 * time.Second),
 			MaxDKIMSignatures: 5,
+		},
+		Greylist: GreylistConfig{
+			Delay:      units.DurationOf(5 * time.Minute),
+			Expire:     units.DurationOf(24 * time.Hour),
+			PassTTL:    units.DurationOf(35 * 24 * time.Hour),
+			MaxEntries: 100000,
 		},
 		PlusSeparator: "+",
 	}
@@ -211,6 +236,21 @@ func (c *Config) Validate() error {
 	p.Positive("stress_timeout", c.StressTimeout.D())
 	if n := c.Checks.MaxDKIMSignatures; n < 1 || n > 50 {
 		p.Addf("checks.max_dkim_signatures", "%d: want 1 to 50", n)
+	}
+	if g := c.Greylist; g.Enabled {
+		p.Positive("greylist.delay", g.Delay.D())
+		if g.Expire.D() <= g.Delay.D() {
+			p.Addf("greylist.expire", "%s must be longer than greylist.delay (%s)", g.Expire, g.Delay)
+		}
+		p.Positive("greylist.pass_ttl", g.PassTTL.D())
+		p.AtLeast("greylist.max_entries", int64(g.MaxEntries), 100, "")
+	}
+	for _, n := range c.Greylist.Allow {
+		if _, err := netip.ParsePrefix(n); err != nil {
+			if _, err := netip.ParseAddr(n); err != nil {
+				p.Addf("greylist.allow", "%q: want a network such as \"192.0.2.0/24\" or an address", n)
+			}
+		}
 	}
 	for i := range c.Milters {
 		m := &c.Milters[i]

@@ -44,6 +44,7 @@ func TestConfigKeys(t *testing.T) {
 		"max_unknown_recipients", "unknown_recipient_delay", "unknown_recipient_delay_max",
 		"session_timeout", "read_timeout", "write_timeout", "data_timeout", "min_data_rate", "stress_threshold", "stress_timeout", "dnsbl", "dnsbl_timeout",
 		"checks.dmarc_reject", "checks.spf_fail_reject", "checks.temperror_defer", "checks.timeout", "checks.max_dkim_signatures", "milter",
+		"greylist.enabled", "greylist.delay", "greylist.expire", "greylist.pass_ttl", "greylist.allow", "greylist.max_entries",
 	}
 	if !slices.Equal(keys, want) {
 		t.Errorf("keys:\n%q\nwant\n%q", keys, want)

@@ -205,6 +205,10 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 		s.holdRefused(d, t, res, append(prefix, clean...), hdr, fields, why)
 		return res
 	}
+	if e, why := s.greylist(t, res); e != nil {
+		res.reply, res.err = e, errors.New(why)
+		return res
+	}
 	if filters != nil {
 		filters.end()
 		if filters.reply != nil {
@@ -445,4 +449,65 @@ func toCRLF(b []byte) []byte {
 // ASCII.
 func headerText(s string) string {
 	return asciiText(strings.NewReplacer("\r", " ", "\n", " ").Replace(s))
+}
+
+// errGreylisted defers a first attempt (RFC 6647 §2.1: 451 4.7.1).
+var errGreylisted = reply(451, 4, 7, 1, "Greylisted, please try again in a few minutes")
+
+// greylist applies [smtp.greylist] to a message the checks allowed: a
+// refusal for a first attempt, or nil.
+func (s *session) greylist(t *transaction, res *result) (*smtp.SMTPError, string) {
+	g := s.g.cfg.Greylist
+	if !g.Enabled {
+		return nil, ""
+	}
+	ip := netserve.RemoteIP(s.c.Conn)
+	if res.spf.Result == authcheck.Pass || dmarcPassed(res.dmarc) || s.g.greyAllowed(ip) {
+		s.s.metrics.Verdict("greylist", "skip")
+		return nil, ""
+	}
+	bits := 24
+	if ip.Is6() {
+		bits = 64
+	}
+	network, _ := ip.Prefix(bits)
+	ok, err := s.s.store.Greylist(t.ctx, network.String(), t.from, t.accounts, time.Now(), greylistOptions(g))
+	if err != nil {
+		// The store's fault: let the message through rather than defer it.
+		s.c.log.Error("greylisting failed; the message is let through", "err", err)
+		return nil, ""
+	}
+	if !ok {
+		s.s.metrics.Verdict("greylist", "defer")
+		return errGreylisted, "greylisted: first attempt from " + network.String()
+	}
+	s.s.metrics.Verdict("greylist", "pass")
+	return nil, ""
+}
+
+// greylistOptions are the spool's rules for g.
+func greylistOptions(g GreylistConfig) spool.GreylistOptions {
+	return spool.GreylistOptions{Delay: g.Delay.D(), Expire: g.Expire.D(), PassTTL: g.PassTTL.D(), MaxEntries: g.MaxEntries}
+}
+
+// GreylistOptions returns the spool's greylisting rules for cfg, or nil
+// when greylisting is off; main hands them to the spool's housekeeping,
+// which prunes the table.
+func GreylistOptions(cfg Config) *spool.GreylistOptions {
+	if !cfg.Greylist.Enabled {
+		return nil
+	}
+	o := greylistOptions(cfg.Greylist)
+	return &o
+}
+
+// dmarcPassed reports whether any author domain passed DMARC: an aligned
+// SPF or DKIM pass.
+func dmarcPassed(ds []authcheck.DMARC) bool {
+	for _, d := range ds {
+		if d.Result == authcheck.Pass {
+			return true
+		}
+	}
+	return false
 }

@@ -529,3 +529,46 @@ func TestStressLetsNewSendersIn(t *testing.T) {
 		t.Errorf("stored %v, want both the new sender's message and the one sent during the flood", subjects)
 	}
 }
+
+// TestGreylisting: the first attempt of an unknown triplet gets 451 4.7.1,
+// so does a retry before the delay; one after it passes and lets the
+// network through for others; SPF pass and the allow list skip it.
+func TestGreylisting(t *testing.T) {
+	on := func(allow ...string) envOption {
+		return withConfig(func(c *Config) {
+			c.Greylist.Enabled = true
+			c.Greylist.Delay = units.DurationOf(time.Second)
+			c.Greylist.Allow = allow
+		})
+	}
+	msg := crlf("From: a@nospf.example\nSubject: hi\n\nhello\n")
+	send := func(e *env, from string) string {
+		c := e.dial()
+		c.hello()
+		return c.deliver(from, msg, alice)
+	}
+	e := newEnv(t, on())
+	if got := send(e, "a@nospf.example"); !strings.HasPrefix(got, "451 4.7.1 Greylisted") {
+		t.Fatalf("first attempt: %q", got)
+	}
+	if got := send(e, "a@nospf.example"); !strings.HasPrefix(got, "451 4.7.1") {
+		t.Fatalf("retry before the delay: %q", got)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if got := send(e, "a@nospf.example"); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("retry after the delay: %q", got)
+	}
+	if got := send(e, "b@other-nospf.example"); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("another sender from the network that passed: %q", got)
+	}
+	if n := len(e.messages(alice)); n != 2 {
+		t.Errorf("%d messages stored, want 2", n)
+	}
+	// SPF pass, and the allow list, skip it on a fresh table.
+	if got := send(newEnv(t, on()), "a@sender.example"); !strings.HasPrefix(got, "250 ") {
+		t.Errorf("SPF pass was greylisted: %q", got)
+	}
+	if got := send(newEnv(t, on("127.0.0.0/8")), "a@nospf.example"); !strings.HasPrefix(got, "250 ") {
+		t.Errorf("an allowed network was greylisted: %q", got)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -107,6 +108,7 @@ const forceGrace = 2 * time.Second
 // keep the one they started with.
 type generation struct {
 	cfg     Config
+	greyOK  []netip.Prefix // [smtp.greylist] allow
 	router  *router
 	plain   *smtp.Server // no STARTTLS
 	secure  *smtp.Server // offers STARTTLS
@@ -179,6 +181,13 @@ func (s *Server) newGeneration(cfg Config) (*generation, error) {
 		return nil, err
 	}
 	g := &generation{cfg: cfg, router: r, plainL: newChanListener(fanInAddr{}), secureL: newChanListener(fanInAddr{})}
+	for _, n := range cfg.Greylist.Allow {
+		if p, err := netip.ParsePrefix(n); err == nil {
+			g.greyOK = append(g.greyOK, p.Masked())
+		} else if a, err := netip.ParseAddr(n); err == nil {
+			g.greyOK = append(g.greyOK, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+		}
+	}
 	be := &backend{s: s, g: g}
 	g.plain = s.newSMTPServer(cfg, be, nil)
 	g.secure = s.newSMTPServer(cfg, be, s.tls)
@@ -393,4 +402,14 @@ func DescribePostmaster(cfg Config) []string {
 		}
 	}
 	return out
+}
+
+// greyAllowed reports whether a client is in [smtp.greylist] allow.
+func (g *generation) greyAllowed(ip netip.Addr) bool {
+	for _, p := range g.greyOK {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }

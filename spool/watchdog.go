@@ -89,6 +89,9 @@ type HousekeepingOptions struct {
 	QuotaWarning float64
 	// Logger receives the watchdog's lines. Default: the store's.
 	Logger *slog.Logger
+	// Greylist, if not nil, are the greylisting rules whose table each
+	// round prunes.
+	Greylist *GreylistOptions
 }
 
 // Housekeeping runs until ctx ends: the watchdog and the quarantine's
@@ -124,6 +127,11 @@ func (s *Store) Housekeeping(ctx context.Context, o HousekeepingOptions) {
 		case <-t.C:
 			if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
 				s.log.Error("sweep failed", "err", err)
+			}
+			if o.Greylist != nil {
+				if _, err := s.GreylistPrune(ctx, s.opts.Now(), *o.Greylist); err != nil && ctx.Err() == nil {
+					s.log.Error("greylist pruning failed", "err", err)
+				}
 			}
 		}
 	}
