@@ -1,6 +1,7 @@
 package smtpin
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -12,7 +13,6 @@ import (
 	"github.com/emersion/go-milter"
 
 	"github.com/postie/postie/internal/units"
-	"github.com/postie/postie/spool"
 )
 
 // scriptedMilter is a filter run by go-milter's own server over a real
@@ -274,92 +274,62 @@ func FuzzApplyHeaderMods(f *testing.F) {
 	f.Add("A: 1\r\n\r\n", byte(milter.ActInsertHeader), uint32(7), "Y", "a\n b")
 	f.Fuzz(func(t *testing.T, hdr string, code byte, idx uint32, name, value string) {
 		h := toCRLF([]byte(hdr))
-		if !strings.HasSuffix(string(h), "\r\n\r\n") || !isFieldStart(h) {
-			return
+		if headerProblem(h) != "" {
+			return // only well-formed header sections go in
 		}
-		fields := parseFields(h)
-		out, err := applyHeaderMods(h, fields, []milter.ModifyAction{{Code: milter.ModifyActCode(code), HeaderIndex: idx, HeaderName: name, HeaderValue: value}})
+		out, err := applyHeaderMods(h, parseFields(h), []milter.ModifyAction{{Code: milter.ModifyActCode(code), HeaderIndex: idx, HeaderName: name, HeaderValue: value}})
 		if err != nil {
 			return
 		}
-		if string(out) == "\r\n" {
-			return // every field deleted: an empty header section
-		}
-		if !strings.HasSuffix(string(out), "\r\n\r\n") {
-			t.Fatalf("the header no longer ends with an empty line: %q", out)
-		}
-		lines := strings.Split(strings.TrimSuffix(string(out), "\r\n\r\n"), "\r\n")
-		for _, l := range lines {
-			if l == "" || strings.ContainsAny(l, "\r\n") {
-				t.Fatalf("a broken line %q in %q", l, out)
-			}
-			if l[0] != ' ' && l[0] != '\t' && !isFieldStart([]byte(l)) {
-				t.Fatalf("line %q is neither a field nor a continuation in %q", l, out)
-			}
+		if p := headerProblem(out); p != "" {
+			t.Fatalf("%s in %q", p, out)
 		}
 	})
 }
 
-// TestQuarantineFromFilters: a filter's quarantine or discard gets 250 and
-// holds the message in the quarantine, not the mailbox; a filter's reject
-// gets 550 and the owner's copy is held too; a tempfail keeps nothing.
-// With the quarantine off, a quarantined message is delivered, marked.
-func TestQuarantineFromFilters(t *testing.T) {
-	for _, tc := range []struct {
-		name     string
-		end      func(string, *milter.Modifier) (milter.Response, error)
-		off      bool
-		reply    string
-		held     int
-		refused  bool
-		reason   string
-		inbox    int
-		inboxHas string
-	}{
-		{name: "quarantine", end: func(_ string, m *milter.Modifier) (milter.Response, error) {
-			m.Quarantine("looks like phishing")
-			return milter.RespAccept, nil
-		}, reply: "250 2.0.0 Message stored", held: 1, reason: "looks like phishing"},
-		{name: "discard", end: func(string, *milter.Modifier) (milter.Response, error) { return milter.RespDiscard, nil },
-			reply: "250 2.0.0 Message stored", held: 1, reason: "discarded by the filter"},
-		{name: "reject", end: func(string, *milter.Modifier) (milter.Response, error) { return milter.RespReject, nil },
-			reply: "550 5.7.1", held: 1, refused: true, reason: "reject"},
-		{name: "tempfail", end: func(string, *milter.Modifier) (milter.Response, error) { return milter.RespTempFail, nil },
-			reply: "451 4.7.1", held: 0},
-		{name: "quarantine off", off: true, end: func(_ string, m *milter.Modifier) (milter.Response, error) {
-			m.Quarantine("looks like phishing")
-			return milter.RespContinue, nil
-		}, reply: "250 2.0.0 Message stored", inbox: 1, inboxHas: "X-Postie-Quarantine: asked by a content filter"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			f := &filterScript{atEnd: tc.end}
-			e := newEnvSpool(t, func(o *spool.Options) {
-				if tc.off {
-					o.QuarantineRetention = units.DurationOf(0)
-				}
-			}, withMilters(MilterConfig{Name: "test", Address: startFilter(t, f)}))
-			c := e.dial()
-			c.hello()
-			if got := c.deliver("a@sender.example", crlf(filterTestMessage), alice); !strings.HasPrefix(got, tc.reply) {
-				t.Fatalf("DATA: %q, want %q", got, tc.reply)
-			}
-			held, err := e.store.QuarantineList(alice)
-			if err != nil || len(held) != tc.held {
-				t.Fatalf("quarantine: %+v, %v; want %d", held, err, tc.held)
-			}
-			if tc.held > 0 {
-				q := held[0]
-				if !strings.Contains(q.Reason, tc.reason) || q.Refused != tc.refused || q.Subject != "hello" || q.From != "a@sender.example" {
-					t.Errorf("held %+v, want reason %q, refused %v", q, tc.reason, tc.refused)
-				}
-			}
-			msgs := e.messages(alice)
-			if len(msgs) != tc.inbox {
-				t.Fatalf("%d messages in the mailbox, want %d", len(msgs), tc.inbox)
-			}
-			if tc.inboxHas != "" && !strings.Contains(msgs[0], tc.inboxHas) {
-				t.Errorf("the delivered message lacks %q:\n%s", tc.inboxHas, msgs[0])
-			}
-		})
+// headerProblem says what is wrong with a header section, or "": every
+// line a field or a continuation of one, CRLF endings, the empty line last
+// (or nothing but it).
+func headerProblem(h []byte) string {
+	if string(h) == "\r\n" {
+		return ""
 	}
+	if !strings.HasSuffix(string(h), "\r\n\r\n") {
+		return "no empty line at the end"
+	}
+	for i, l := range strings.Split(strings.TrimSuffix(string(h), "\r\n\r\n"), "\r\n") {
+		if l == "" || strings.ContainsAny(l, "\r\n") {
+			return fmt.Sprintf("broken line %q", l)
+		}
+		if (l[0] == ' ' || l[0] == '\t') && i > 0 {
+			continue
+		}
+		if !isFieldStart([]byte(l)) {
+			return fmt.Sprintf("line %q is neither a field nor a continuation", l)
+		}
+	}
+	return ""
+}
+
+// FuzzFilterReply: whatever code and text a filter sends as its own reply,
+// the sender gets a 4xx or 5xx with an enhanced code of the same class and
+// one line of printable ASCII.
+func FuzzFilterReply(f *testing.F) {
+	for _, s := range []string{"5.7.1 Spam", "4.2.0 later", "9.9.9 x", "", "5.7.1", "line\r\ninjected", "ünïcode"} {
+		f.Add(554, s)
+	}
+	f.Fuzz(func(t *testing.T, code int, text string) {
+		e := filterReply(code, text)
+		if e.Code < 400 || e.Code > 599 || e.EnhancedCode[0] != e.Code/100 {
+			t.Fatalf("filterReply(%d, %q) = %d %v", code, text, e.Code, e.EnhancedCode)
+		}
+		if e.Message == "" || len(e.Message) > 200 {
+			t.Fatalf("filterReply(%d, %q): text %q", code, text, e.Message)
+		}
+		for i := 0; i < len(e.Message); i++ {
+			if c := e.Message[i]; c < 0x20 || c > 0x7e {
+				t.Fatalf("filterReply(%d, %q): byte %#x in %q", code, text, c, e.Message)
+			}
+		}
+	})
 }
