@@ -2,6 +2,7 @@ package spool
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -415,7 +416,7 @@ func (r *messageReader) fill() error {
 	err := r.s.view(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketChunks).Cursor()
 		for k, v := c.Seek(chunkKey(r.id, r.next)); len(r.buf) < readBatch; k, v = c.Next() {
-			if k == nil || len(k) != 12 || beUint64(k) != r.id || beUint32(k[8:]) != r.next {
+			if k == nil || len(k) != 12 || binary.BigEndian.Uint64(k) != r.id || binary.BigEndian.Uint32(k[8:]) != r.next {
 				break
 			}
 			if int64(len(v)) > r.remain {
@@ -446,11 +447,6 @@ func (r *messageReader) Close() error {
 	r.buf = nil
 	r.remain = 0
 	return nil
-}
-
-func beUint32(b []byte) uint32 {
-	_ = b[3]
-	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
 // ErrNotRetained means retention is off, so there is nothing to restore.

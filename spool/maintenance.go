@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -198,10 +199,10 @@ func verifyTx(tx *bbolt.Tx) []error {
 		}
 		var rec messageRecord
 		if err := decode("message", v, &rec); err != nil {
-			add("message %d: %v", beUint64(k), err)
+			add("message %d: %v", binary.BigEndian.Uint64(k), err)
 			return nil
 		}
-		msgs[beUint64(k)] = &msgInfo{rec: rec}
+		msgs[binary.BigEndian.Uint64(k)] = &msgInfo{rec: rec}
 		total.Messages++
 		total.Bytes += rec.Size
 		return nil
@@ -209,7 +210,7 @@ func verifyTx(tx *bbolt.Tx) []error {
 	pending := map[uint64]bool{}
 	tx.Bucket(bucketPending).ForEach(func(k, _ []byte) error {
 		if len(k) == 8 {
-			pending[beUint64(k)] = true
+			pending[binary.BigEndian.Uint64(k)] = true
 		}
 		return nil
 	})
@@ -221,7 +222,7 @@ func verifyTx(tx *bbolt.Tx) []error {
 			add("chunk key %x has the wrong length", k)
 			return nil
 		}
-		id, idx := beUint64(k), beUint32(k[8:])
+		id, idx := binary.BigEndian.Uint64(k), binary.BigEndian.Uint32(k[8:])
 		m := msgs[id]
 		if m == nil {
 			if !pending[id] {
@@ -283,19 +284,19 @@ func verifyTx(tx *bbolt.Tx) []error {
 			}
 			var e entryRecord
 			if err := decode("entry", ev, &e); err != nil {
-				add("mailbox %s uid %d: %v", k, beUint64(ek), err)
+				add("mailbox %s uid %d: %v", k, binary.BigEndian.Uint64(ek), err)
 				return nil
 			}
 			st.Messages++
 			st.Bytes += e.Size
 			m := msgs[e.Message]
 			if m == nil {
-				add("mailbox %s uid %d points at missing message %d", k, beUint64(ek), e.Message)
+				add("mailbox %s uid %d points at missing message %d", k, binary.BigEndian.Uint64(ek), e.Message)
 				return nil
 			}
 			m.refs++
 			if e.Size != m.rec.Size {
-				add("mailbox %s uid %d: size %d, message %d has %d", k, beUint64(ek), e.Size, e.Message, m.rec.Size)
+				add("mailbox %s uid %d: size %d, message %d has %d", k, binary.BigEndian.Uint64(ek), e.Size, e.Message, m.rec.Size)
 			}
 			return nil
 		})
@@ -310,9 +311,9 @@ func verifyTx(tx *bbolt.Tx) []error {
 				add("quarantine key %x has the wrong length", k)
 				return nil
 			}
-			m := msgs[beUint64(k)]
+			m := msgs[binary.BigEndian.Uint64(k)]
 			if m == nil {
-				add("quarantine holds missing message %d", beUint64(k))
+				add("quarantine holds missing message %d", binary.BigEndian.Uint64(k))
 				return nil
 			}
 			m.refs++

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -126,12 +127,12 @@ func forEachQuarantined(tx *bbolt.Tx, fn func(id uint64, q *quarantineRecord, re
 		var rec messageRecord
 		mv := tx.Bucket(bucketMessages).Get(k)
 		if mv == nil {
-			return fmt.Errorf("spool: quarantined message %d is missing", beUint64(k))
+			return fmt.Errorf("spool: quarantined message %d is missing", binary.BigEndian.Uint64(k))
 		}
 		if err := decode("message", mv, &rec); err != nil {
 			return err
 		}
-		return fn(beUint64(k), &q, &rec)
+		return fn(binary.BigEndian.Uint64(k), &q, &rec)
 	})
 }
 

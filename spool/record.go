@@ -121,9 +121,9 @@ func forEachEntry(mb *bbolt.Bucket, fn func(uid uint64, e *entryRecord) error) e
 		}
 		var e entryRecord
 		if err := decode("entry", v, &e); err != nil {
-			return fmt.Errorf("uid %d: %w", beUint64(k), err)
+			return fmt.Errorf("uid %d: %w", binary.BigEndian.Uint64(k), err)
 		}
-		return fn(beUint64(k), &e)
+		return fn(binary.BigEndian.Uint64(k), &e)
 	})
 }
 

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -322,11 +323,11 @@ func (s *Store) initialize() error {
 			if err := meta.Put(keySchemaVersion, u64(schemaVersion)); err != nil {
 				return err
 			}
-		case len(v) != 8 || beUint64(v) != schemaVersion:
+		case len(v) != 8 || binary.BigEndian.Uint64(v) != schemaVersion:
 			return fmt.Errorf("spool: %s has schema version %x; this postie reads version %d", s.opts.Path, v, schemaVersion)
 		}
 		return tx.Bucket(bucketPending).ForEach(func(k, _ []byte) error {
-			abandoned = append(abandoned, beUint64(k))
+			abandoned = append(abandoned, binary.BigEndian.Uint64(k))
 			return nil
 		})
 	})
@@ -505,12 +506,6 @@ func (s *Store) view(fn func(tx *bbolt.Tx) error) error {
 	return s.db.View(fn)
 }
 
-func beUint64(b []byte) uint64 {
-	_ = b[7]
-	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
-		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
-}
-
 // dropPending deletes an unfinished delivery's chunks and its pending mark.
 // It runs inside the caller's transaction.
 func dropPending(tx *bbolt.Tx, id uint64) error {
@@ -528,7 +523,7 @@ func deleteChunks(tx *bbolt.Tx, id uint64) error {
 	prefix := u64(id)
 	var keys [][]byte
 	c := b.Cursor()
-	for k, _ := c.Seek(prefix); len(k) == 12 && beUint64(k) == id; k, _ = c.Next() {
+	for k, _ := c.Seek(prefix); len(k) == 12 && binary.BigEndian.Uint64(k) == id; k, _ = c.Next() {
 		keys = append(keys, append([]byte(nil), k...))
 	}
 	for _, k := range keys {
