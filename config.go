@@ -237,7 +237,7 @@ func (c *Config) spread() {
 	c.POP3.Hostname = c.Hostname
 	c.TLS.Hostname, c.TLS.Domains, c.TLS.DataDir = c.Hostname, c.Domains, c.DataDir
 	c.Spool.Path = filepath.Join(c.DataDir, "spool.db")
-	c.Spool.MaxMessageSize = units.Size(2*c.SMTP.MaxMessageSize.Bytes() + 1<<20)
+	c.Spool.MaxMessageSize = c.SMTP.MaxStoredSize()
 }
 
 // Validate checks the whole config and returns every problem it finds.

@@ -183,6 +183,14 @@ func DefaultConfig() Config {
 	}
 }
 
+// MaxStoredSize is the most a message accepted under c can take in the
+// spool: bare LF line ends become CRLF (twice the size, at worst), and the
+// trace and the filters' fields go on top. Main gives it to the spool as
+// its last line of defence.
+func (c Config) MaxStoredSize() units.Size {
+	return units.Size(2*c.MaxMessageSize.Bytes() + 1<<20)
+}
+
 // Validate checks the owner's keys and returns every problem, each naming
 // its key.
 func (c *Config) Validate() error {

@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/postie/postie/internal/confkit"
 	"github.com/postie/postie/internal/units"
 )
 
@@ -148,29 +149,29 @@ func DefaultOptions() Options {
 
 // Validate checks the owner-facing settings.
 func (o Options) Validate() error {
-	var errs []error
+	p := confkit.Check("spool")
 	if o.Retention.D() > 0 && o.Retention.D() < time.Minute {
-		errs = append(errs, fmt.Errorf("spool.retention: %s is too short to be useful; use 0 to turn retention off or at least 1m", o.Retention))
+		p.Addf("retention", "%s is too short to be useful; use 0 to turn retention off or at least 1m", o.Retention)
 	}
 	// Too short a device_idle lets one device's deletion remove mail that a
 	// device used every day has not fetched yet; too short a grace does the
 	// same for a device that was offline for a weekend.
 	if o.DeviceIdle.D() < time.Hour {
-		errs = append(errs, fmt.Errorf("spool.device_idle: %s is too short: at least 1h (the default is 720h, 30 days)", o.DeviceIdle))
+		p.Addf("device_idle", "%s is too short: at least 1h (the default is 720h, 30 days)", o.DeviceIdle)
 	}
 	if o.DeviceDeleteGrace.D() < time.Hour {
-		errs = append(errs, fmt.Errorf("spool.device_delete_grace: %s is too short: at least 1h (the default is 2160h, 90 days)", o.DeviceDeleteGrace))
+		p.Addf("device_delete_grace", "%s is too short: at least 1h (the default is 2160h, 90 days)", o.DeviceDeleteGrace)
 	}
 	if o.QuarantineRetention.D() < 0 || o.QuarantineRetention.D() > 0 && o.QuarantineRetention.D() < time.Hour {
-		errs = append(errs, fmt.Errorf("spool.quarantine_retention: %s: use 0 to turn the quarantine off or at least 1h (the default is 168h, 7 days)", o.QuarantineRetention))
+		p.Addf("quarantine_retention", "%s: use 0 to turn the quarantine off or at least 1h (the default is 168h, 7 days)", o.QuarantineRetention)
 	}
 	if o.QuarantineMaxSize < 0 {
-		errs = append(errs, fmt.Errorf("spool.quarantine_max_size: %s must not be negative", o.QuarantineMaxSize))
+		p.Addf("quarantine_max_size", "%s must not be negative", o.QuarantineMaxSize)
 	}
 	if o.MaxSize != 0 && o.MaxSize < 1<<20 {
-		errs = append(errs, fmt.Errorf("spool.max_size: %s is too small; use 0 for no limit or at least 1MiB", o.MaxSize))
+		p.Addf("max_size", "%s is too small; use 0 for no limit or at least 1MiB", o.MaxSize)
 	}
-	return errors.Join(errs...)
+	return p.Err()
 }
 
 func (o *Options) setDefaults() {
