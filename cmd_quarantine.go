@@ -22,12 +22,12 @@ func cmdQuarantine(env *cliEnv, args []string) error {
 	switch verb {
 	case "list":
 		// An optional account: count the positional arguments first.
-		fs, f := adminFlagSet("quarantine list")
+		fs, _ := adminFlagSet("quarantine list")
 		pos, err := parseInterleaved(fs, args)
 		if err != nil || len(pos) > 1 {
 			return errUsage
 		}
-		fs, f = adminFlagSet("quarantine list")
+		fs, f := adminFlagSet("quarantine list")
 		call, err := f.parse(fs, args, len(pos), len(pos) == 1)
 		if err != nil {
 			return err

@@ -49,10 +49,3 @@ func (g *gate) leave(key string, sl *gateSlot) {
 	}
 	g.mu.Unlock()
 }
-
-// size returns the keys held or waited for.
-func (g *gate) size() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.slots)
-}

@@ -2,6 +2,7 @@ package pop3out
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"strings"
@@ -128,4 +129,26 @@ func TestOwnerNotSlowedByStrangers(t *testing.T) {
 		t.Errorf("the owner waited %v for strangers' failures", waited)
 	}
 	owner.cmd("+OK", "QUIT")
+}
+
+// TestGateForgetsKeys: the gate holds a key only while a check holds or
+// waits for it, so strangers' user names cannot grow it.
+func TestGateForgetsKeys(t *testing.T) {
+	g := newGate()
+	leave, err := g.enter(context.Background(), "alice@example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := g.enter(ctx, "alice@example.org"); err == nil {
+		t.Fatal("a second check got in while the first held the account")
+	}
+	leave()
+	g.mu.Lock()
+	n := len(g.slots)
+	g.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d keys left after every check ended", n)
+	}
 }
