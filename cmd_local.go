@@ -8,10 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/postie/postie/spool"
 )
@@ -56,9 +54,8 @@ func cmdLocal(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := stopOnSignal() // a second Ctrl-C stops at once
 	defer stop()
-	context.AfterFunc(ctx, stop) // a second Ctrl-C stops at once
 	return serve(ctx, env, cfg, nil, func() {
 		fmt.Fprintf(env.stdout, `
 Postie is running on this machine (data in %s). Press Ctrl-C to stop.

@@ -20,11 +20,8 @@ func cmdServe(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := stopOnSignal()
 	defer stop()
-	// After the first signal a second one ends the process at once
-	// (bbolt's file stays consistent: nothing accepted is lost).
-	context.AfterFunc(ctx, stop)
 	return serve(ctx, env, cfg, func() (Config, error) { return LoadConfig(*config) }, nil)
 }
 
@@ -66,4 +63,26 @@ func serve(ctx context.Context, env *cliEnv, cfg Config, reload func() (Config, 
 	}
 	d.stop()
 	return nil
+}
+
+// stopOnSignal returns a context that ends at the first SIGINT or SIGTERM.
+// Before it ends, the signals get their default action back, so that a
+// second one ends the process at once, however soon it comes (bbolt's file
+// stays consistent: nothing accepted is lost).
+func stopOnSignal() (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		select {
+		case <-sig:
+			signal.Reset(syscall.SIGINT, syscall.SIGTERM)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sig)
+		cancel()
+	}
 }
