@@ -73,8 +73,8 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 		}
 	}()
 
-	hdr, rest, err := readHeader(br, int(min(cfg.MaxHeaderSize, cfg.MaxMessageSize)), *hbuf)
-	*hbuf = hdr[:0]
+	raw, rest, err := readHeader(br, int(min(cfg.MaxHeaderSize, cfg.MaxMessageSize)), *hbuf)
+	*hbuf = raw[:0]
 	if err != nil {
 		if errors.Is(err, errHeaderTooLarge) {
 			res.reply, res.err = errHeaderSize, err
@@ -83,69 +83,133 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 		res.reply, res.err = s.readFailure(err)
 		return res
 	}
-	fields := parseFields(hdr)
+	h := msgHeader{raw: raw, fields: parseFields(raw)}
 
-	// Start the checks that need only the header: DMARC policy lookups
-	// and DKIM key lookups run while the body streams in.
+	// The checks that need only the header (DMARC policy lookups, DKIM key
+	// lookups) and the content filters run while the body streams in.
 	checkCtx, cancel := context.WithTimeout(t.ctx, cfg.Checks.Timeout.D())
 	defer cancel()
-	var froms, sigs []string
-	for _, f := range fields {
-		switch name := f.name(hdr); {
-		case bytes.EqualFold(name, []byte("From")):
-			froms = append(froms, f.value(hdr))
-		case bytes.EqualFold(name, []byte("DKIM-Signature")):
-			sigs = append(sigs, f.value(hdr))
-		}
-	}
-	authors := authcheck.AuthorDomains(froms)
-	tooManyAuthors := len(authors) > maxAuthorDomains
-	if tooManyAuthors {
-		authors = authors[:maxAuthorDomains]
-	}
-	records := make([]chan authcheck.Record, len(authors))
-	for i, d := range authors {
-		if s.s.noDNS {
-			res.dmarc = append(res.dmarc, authcheck.DMARC{Result: authcheck.None, Domain: d, Comment: noDNSComment})
-			continue
-		}
-		records[i] = make(chan authcheck.Record, 1)
-		go func() { records[i] <- authcheck.LookupDMARC(checkCtx, s.s.resolver, d) }()
-	}
-	if s.s.noDNS {
-		records = nil
-	}
-	var verifier *authcheck.DKIMVerifier
-	if len(sigs) > 0 {
-		if err := dkimUnfit(hdr, rest, fields); err != nil {
-			res.dkim = authcheck.Unverifiable(sigs, err)
-		} else {
-			verifier = authcheck.NewDKIMVerifier(checkCtx, s.s.resolver, sigs, cfg.Checks.MaxDKIMSignatures)
-			defer verifier.Abort()
-			verifier.Write(hdr)
-		}
-	}
-
-	// Content filters see the header now and the body as it streams; their
-	// header changes are known only at the end, so with filters the header
-	// section goes into the store with the trace fields at commit.
+	ck := s.startChecks(checkCtx, h, rest, res)
+	defer ck.abort()
 	var filters *filterRun
 	if len(cfg.Milters) > 0 {
-		filters = s.startFilters(checkCtx, t, hdr, fields)
+		filters = s.startFilters(checkCtx, t, h.raw, h.fields)
 		defer filters.abort()
 	}
 
 	d := s.s.store.Begin(s.s.ctx, spool.Envelope{MailFrom: t.from, RcptTo: t.rcpts, Helo: t.helo, RemoteAddr: netserve.RemoteIP(s.c.Conn).String()})
 	defer d.Abort() // does nothing after Commit
 	if filters == nil {
-		if err := s.writeHeader(d, hdr, fields); err != nil {
+		// With filters, the header goes in at commit, with their changes.
+		if err := s.writeHeader(d, h.raw, h.fields); err != nil {
 			res.reply, res.err = storageReply(err), err
 			return res
 		}
 	}
-	if _, err := d.Write(rest); err != nil {
-		res.reply, res.err = storageReply(err), err
+	if err := s.stream(br, rest, d, ck.verifier, filters); err != nil {
+		res.reply, res.err = err.reply, err.cause
 		return res
+	}
+
+	// The final dot: gather the verdicts. Each check runs under a
+	// deadline of Checks.Timeout from its start (SPF from the first
+	// recipient, DKIM and DMARC from the header), so the sender waits at
+	// most that long for them now.
+	ck.finish(t, res, cfg.Checks.Timeout.D())
+	if s.c.readFailed.Load() {
+		// The reader ended because the connection did, not because the
+		// message did (a BDAT chunk cut short): never store a part.
+		res.reply, res.err = errLocal, fmt.Errorf("%w: the connection ended before the message did", errClient)
+		return res
+	}
+	s.settle(d, t, h, res, ck.tooManyAuthors, filters)
+	return res
+}
+
+// msgHeader is a message's header section as read, and its fields.
+type msgHeader struct {
+	raw    []byte
+	fields []field
+}
+
+// checks are the header's checks in flight: DMARC policy lookups and the
+// DKIM verifier.
+type checks struct {
+	records        []chan authcheck.Record
+	verifier       *authcheck.DKIMVerifier
+	tooManyAuthors bool
+}
+
+// startChecks starts the lookups and the verifier a header calls for;
+// verdicts known at once go into res.
+func (s *session) startChecks(ctx context.Context, h msgHeader, rest []byte, res *result) *checks {
+	ck := &checks{}
+	var froms, sigs []string
+	for _, f := range h.fields {
+		switch name := f.name(h.raw); {
+		case bytes.EqualFold(name, []byte("From")):
+			froms = append(froms, f.value(h.raw))
+		case bytes.EqualFold(name, []byte("DKIM-Signature")):
+			sigs = append(sigs, f.value(h.raw))
+		}
+	}
+	authors := authcheck.AuthorDomains(froms)
+	ck.tooManyAuthors = len(authors) > maxAuthorDomains
+	if ck.tooManyAuthors {
+		authors = authors[:maxAuthorDomains]
+	}
+	for _, d := range authors {
+		if s.s.noDNS {
+			res.dmarc = append(res.dmarc, authcheck.DMARC{Result: authcheck.None, Domain: d, Comment: noDNSComment})
+			continue
+		}
+		ch := make(chan authcheck.Record, 1)
+		ck.records = append(ck.records, ch)
+		go func() { ch <- authcheck.LookupDMARC(ctx, s.s.resolver, d) }()
+	}
+	if len(sigs) > 0 {
+		if err := dkimUnfit(h.raw, rest, h.fields); err != nil {
+			res.dkim = authcheck.Unverifiable(sigs, err)
+		} else {
+			ck.verifier = authcheck.NewDKIMVerifier(ctx, s.s.resolver, sigs, s.g.cfg.Checks.MaxDKIMSignatures)
+			ck.verifier.Write(h.raw)
+		}
+	}
+	return ck
+}
+
+// finish gathers the verdicts into res.
+func (ck *checks) finish(t *transaction, res *result, timeout time.Duration) {
+	if ck.verifier != nil {
+		res.dkim = ck.verifier.Close()
+		ck.verifier = nil
+	}
+	res.spf = awaitSPF(t.spf, timeout)
+	for _, ch := range ck.records {
+		res.dmarc = append(res.dmarc, authcheck.EvaluateDMARC(<-ch, res.spf, res.dkim))
+	}
+}
+
+// abort stops the verifier of a message that was not finished.
+func (ck *checks) abort() {
+	if ck.verifier != nil {
+		ck.verifier.Abort()
+	}
+}
+
+// streamError is why the body could not be taken: the reply, and the
+// cause for the log.
+type streamError struct {
+	reply *smtp.SMTPError
+	cause error
+}
+
+// stream copies the body (rest, the first line after the header, then the
+// rest of br) into the delivery and, as it goes, to the DKIM verifier and
+// the content filters.
+func (s *session) stream(br *bufio.Reader, rest []byte, d *spool.Delivery, verifier *authcheck.DKIMVerifier, filters *filterRun) *streamError {
+	if _, err := d.Write(rest); err != nil {
+		return &streamError{storageReply(err), err}
 	}
 	if filters != nil {
 		filters.body(rest)
@@ -157,8 +221,7 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 		n, err := br.Read(buf)
 		if n > 0 {
 			if _, werr := d.Write(buf[:n]); werr != nil {
-				res.reply, res.err = storageReply(werr), werr
-				return res
+				return &streamError{storageReply(werr), werr}
 			}
 			if verifier != nil {
 				verifier.Write(buf[:n])
@@ -168,60 +231,50 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 			}
 		}
 		if errors.Is(err, io.EOF) {
-			break
+			return nil
 		}
 		if err != nil {
-			res.reply, res.err = s.readFailure(err)
-			return res
+			reply, cause := s.readFailure(err)
+			return &streamError{reply, cause}
 		}
 	}
+}
 
-	// The final dot: gather the verdicts. Each check runs under a
-	// deadline of Checks.Timeout from its start (SPF from the first
-	// recipient, DKIM and DMARC from the header), so the sender waits at
-	// most that long for them now.
-	if verifier != nil {
-		res.dkim = verifier.Close()
-	}
-	res.spf = awaitSPF(t.spf, cfg.Checks.Timeout.D())
-	for _, ch := range records {
-		res.dmarc = append(res.dmarc, authcheck.EvaluateDMARC(<-ch, res.spf, res.dkim))
-	}
-	if s.c.readFailed.Load() {
-		// The reader ended because the connection did, not because the
-		// message did (a BDAT chunk cut short): never store a part.
-		res.reply, res.err = errLocal, fmt.Errorf("%w: the connection ended before the message did", errClient)
-		return res
-	}
+// settle decides what becomes of a whole message once its verdicts are in
+// and carries it out: refused (with the owner's copy held when the
+// refusal is permanent), greylisted, held in the quarantine for a filter,
+// or committed to the mailboxes with the trace fields (and, with filters,
+// the header section with their changes) on top.
+func (s *session) settle(d *spool.Delivery, t *transaction, h msgHeader, res *result, tooManyAuthors bool, filters *filterRun) {
 	// What goes before the body at commit: the trace fields, and with
 	// filters the header section (not yet written).
 	prefix := s.trace(t, res)
 	var clean []byte
 	if filters != nil {
-		clean = toCRLF(s.cleanHeader(hdr, fields))
+		clean = toCRLF(s.cleanHeader(h.raw, h.fields))
 	}
 	if e, why := s.decide(res, tooManyAuthors); e != nil {
 		res.reply, res.err = e, errors.New(why)
-		s.holdRefused(d, t, res, append(prefix, clean...), hdr, fields, why)
-		return res
+		s.holdRefused(d, t, res, append(prefix, clean...), h.raw, h.fields, why)
+		return
 	}
 	if e, why := s.greylist(t, res); e != nil {
 		res.reply, res.err = e, errors.New(why)
-		return res
+		return
 	}
 	if filters != nil {
 		filters.end()
 		if filters.reply != nil {
 			res.reply, res.err = filters.reply, errors.New(filters.why)
-			s.holdRefused(d, t, res, append(prefix, clean...), hdr, fields, filters.why)
-			return res
+			s.holdRefused(d, t, res, append(prefix, clean...), h.raw, h.fields, filters.why)
+			return
 		}
-		h, err := applyHeaderMods(clean, parseFields(clean), filters.mods)
+		changed, err := applyHeaderMods(clean, parseFields(clean), filters.mods)
 		if err != nil {
 			// A filter's bad header change is its failure, not the
 			// sender's: the message is stored without the changes.
 			s.c.log.Warn("content filter sent a header change that was not applied", "err", err)
-			h = clean
+			changed = clean
 		}
 		if filters.quarantine != "" && !s.s.store.QuarantineOn() {
 			// Never a silent loss: delivered, marked for the mail app.
@@ -229,27 +282,25 @@ func (s *session) receive(t *transaction, r io.Reader) (res *result) {
 			prefix = append(prefix, "X-Postie-Quarantine: asked by a content filter ("+headerText(filters.quarantine)+"); the quarantine is off\r\n"...)
 			filters.quarantine = ""
 		}
-		prefix = append(prefix, h...)
+		prefix = append(prefix, changed...)
 		if filters.quarantine != "" {
-			note := spool.QuarantineNote{Reason: filters.quarantine, From: headerValue(hdr, fields, "From"), Subject: headerValue(hdr, fields, "Subject")}
+			note := spool.QuarantineNote{Reason: filters.quarantine, From: headerValue(h.raw, h.fields, "From"), Subject: headerValue(h.raw, h.fields, "Subject")}
 			id, err := d.CommitQuarantine(prefix, t.accounts, note)
 			if err != nil {
 				res.reply, res.err = storageReply(err), err
-				return res
+				return
 			}
 			// Answered 250, as Postfix does: the filter took it.
 			res.id, res.quarantine = id, filters.quarantine
-			return res
+			return
 		}
 	}
-
 	id, err := d.Commit(prefix, t.accounts)
 	if err != nil {
 		res.reply, res.err = storageReply(err), err
-		return res
+		return
 	}
 	res.id = id
-	return res
 }
 
 // holdRefused keeps the owner's copy of a message refused after DATA for
