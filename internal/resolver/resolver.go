@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	cachingdns "github.com/ncruces/go-dns"
@@ -29,23 +31,46 @@ func New(server string, timeout time.Duration) (*net.Resolver, error) {
 		return nil, fmt.Errorf("dns resolver %q: want host:port, e.g. 127.0.0.1:53", server)
 	}
 	d := net.Dialer{Timeout: timeout}
+	refused := &refusals{}
 	return &net.Resolver{
 		PreferGo: true,
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			if refused.recent() {
+				return nil, &net.OpError{Op: "dial", Net: network, Err: errRefusedRecently}
+			}
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			c, err := d.DialContext(ctx, network, server)
 			if err != nil {
+				refused.note(err)
 				return nil, err
 			}
 			// Go's resolver sets its own deadline from resolv.conf (5s,
 			// two attempts); clamp it so timeout bounds each exchange.
 			if uc, ok := c.(*net.UDPConn); ok {
-				return &clampedUDP{uc, timeout}, nil
+				return &clampedUDP{uc, timeout, refused}, nil
 			}
-			return &clampedStream{c, timeout}, nil
+			return &clampedStream{c, timeout, refused}, nil
 		},
 	}, nil
+}
+
+// refusedFor is how long a resolver that refused (nothing listens on its
+// port) is not asked again: while it is down, every message's checks
+// would each ask it in vain, and their answer, temperror, is the same.
+const refusedFor = time.Second
+
+var errRefusedRecently = errors.New("dns: the resolver refused a moment ago")
+
+// refusals remembers when the DNS server last refused.
+type refusals struct{ until atomic.Int64 }
+
+func (r *refusals) recent() bool { return time.Now().UnixNano() < r.until.Load() }
+
+func (r *refusals) note(err error) {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		r.until.Store(time.Now().Add(refusedFor).UnixNano())
+	}
 }
 
 func clamp(t time.Time, limit time.Duration) time.Time {
@@ -59,14 +84,24 @@ func clamp(t time.Time, limit time.Duration) time.Time {
 // messages for UDP.
 type clampedUDP struct {
 	*net.UDPConn
-	limit time.Duration
+	limit   time.Duration
+	refused *refusals
 }
 
 func (c *clampedUDP) SetDeadline(t time.Time) error { return c.UDPConn.SetDeadline(clamp(t, c.limit)) }
 
+func (c *clampedUDP) Read(p []byte) (int, error) {
+	n, err := c.UDPConn.Read(p)
+	if err != nil {
+		c.refused.note(err)
+	}
+	return n, err
+}
+
 type clampedStream struct {
 	net.Conn
-	limit time.Duration
+	limit   time.Duration
+	refused *refusals
 }
 
 func (c *clampedStream) SetDeadline(t time.Time) error { return c.Conn.SetDeadline(clamp(t, c.limit)) }
