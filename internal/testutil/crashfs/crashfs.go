@@ -76,6 +76,10 @@ type Options struct {
 	Reorder bool
 	// Seed seeds the Reorder choice.
 	Seed uint64
+	// IgnoreFileSyncs makes fsync and fdatasync of files succeed without
+	// making anything durable: a disk that lies, or a program whose fsyncs
+	// were removed. It shows that a test notices a missing fsync.
+	IgnoreFileSyncs bool
 }
 
 // FS is a mounted crashfs.
@@ -300,11 +304,14 @@ func (f *FS) markSize(in *inode, size int64) {
 
 // syncFile makes the data of in, read from the shadow file sf, durable.
 // Callers hold f.mu.
-func (f *FS) syncFile(in *inode, sf *os.File) error {
+func (f *FS) syncFile(in *inode, sf *os.File, always bool) error {
 	if f.dead {
 		return syscall.EIO
 	}
 	f.stats.FileSyncs++
+	if f.opts.IgnoreFileSyncs && !always {
+		return nil
+	}
 	if err := os.MkdirAll(filepath.Join(f.Backing, metaDir, "f"), 0o700); err != nil {
 		return err
 	}
@@ -477,7 +484,8 @@ func (f *FS) remove(parent int, dp, name string) error {
 	return os.RemoveAll(p)
 }
 
-// Sync makes everything durable, as sync(2) would.
+// Sync makes everything durable, as sync(2) would (also with
+// IgnoreFileSyncs).
 func (f *FS) Sync() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -496,7 +504,7 @@ func (f *FS) Sync() error {
 				return err
 			}
 			defer sf.Close()
-			return f.syncFile(in, sf)
+			return f.syncFile(in, sf, true)
 		}
 		return nil
 	})

@@ -113,6 +113,16 @@ func TestSyncedDataKept(t *testing.T) {
 	}
 }
 
+func TestIgnoreFileSyncs(t *testing.T) {
+	f := mount(t, "", Options{IgnoreFileSyncs: true})
+	writeFile(t, filepath.Join(f.Mountpoint, "a"), []byte("hello"), true)
+	syncPath(t, f.Mountpoint)
+	cut(t, f)
+	if got, _ := content(t, filepath.Join(f.Backing, "a")); got != "" {
+		t.Fatalf("an ignored fsync kept %q", got)
+	}
+}
+
 func TestCreateWithoutDirSyncLost(t *testing.T) {
 	f := mount(t, "", Options{})
 	writeFile(t, filepath.Join(f.Mountpoint, "a"), []byte("hello"), true)

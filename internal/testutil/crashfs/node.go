@@ -163,7 +163,7 @@ func (h *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	if sf == nil {
 		return syscall.EIO
 	}
-	return fs.ToErrno(h.fs.syncFile(h.in, sf))
+	return fs.ToErrno(h.fs.syncFile(h.in, sf, false))
 }
 
 // dir is a loopback directory handle whose fsync makes its entries durable.
