@@ -149,10 +149,7 @@ func Mount(backing, mountpoint string, opts Options) (*FS, error) {
 		return nil, err
 	}
 	lr := &fs.LoopbackRoot{Path: shadow, Dev: uint64(st.Dev)}
-	lr.NewNode = func(r *fs.LoopbackRoot, _ *fs.Inode, _ string, _ *syscall.Stat_t) fs.InodeEmbedder {
-		return &node{LoopbackNode: fs.LoopbackNode{RootData: r}, fs: f}
-	}
-	root := lr.NewNode(lr, nil, "", &st)
+	root := &node{LoopbackNode: fs.LoopbackNode{RootData: lr}, fs: f}
 	lr.RootNode = root
 	f.inodes[st.Ino] = &inode{id: rootID, dir: true}
 	zero := time.Duration(0)

@@ -19,6 +19,14 @@ type node struct {
 	fs *FS
 }
 
+// WrapChild makes every node of the tree a node.
+func (n *node) WrapChild(ctx context.Context, ops fs.InodeEmbedder) fs.InodeEmbedder {
+	if lb, ok := ops.(*fs.LoopbackNode); ok {
+		return &node{LoopbackNode: fs.LoopbackNode{RootData: lb.RootData}, fs: n.fs}
+	}
+	return ops
+}
+
 func (n *node) shadowPath() string {
 	return filepath.Join(n.fs.shadow, n.Path(nil))
 }
