@@ -16,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/postie/postie/internal/control"
+	"github.com/postie/postie/internal/durable"
 	"github.com/postie/postie/internal/passpolicy"
 	"github.com/postie/postie/internal/units"
 	"github.com/postie/postie/spool"
@@ -331,6 +332,11 @@ func cmdBackup(env *cliEnv, args []string) error {
 	}
 	if err := os.Rename(tmp.Name(), dst); err != nil {
 		return err
+	}
+	// The rename is durable only once the directory is synced: only then
+	// may the owner be told the backup is written.
+	if err := durable.Created(dst); err != nil {
+		return fmt.Errorf("backup: %w", err)
 	}
 	fmt.Fprintf(env.stdout, "wrote %s (%s), verified\n", dst, humanBytes(n))
 	return nil

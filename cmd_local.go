@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/postie/postie/internal/durable"
 	"github.com/postie/postie/spool"
 )
 
@@ -80,7 +81,7 @@ Fetch it (curl -k accepts the self-signed certificate):
 // ensureLocalAccount creates the test account on the first run and keeps its
 // password in the data directory (mode 0600), so every run can print it.
 func ensureLocalAccount(cfg Config) (string, error) {
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	if err := durable.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return "", err
 	}
 	pwFile := filepath.Join(cfg.DataDir, "local-account-password")

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"github.com/postie/postie/internal/autoconfig"
 	"github.com/postie/postie/internal/confkit"
 	"github.com/postie/postie/internal/control"
+	"github.com/postie/postie/internal/durable"
 	"github.com/postie/postie/internal/metrics"
 	"github.com/postie/postie/internal/resolver"
 	"github.com/postie/postie/pop3out"
@@ -89,7 +89,7 @@ func startDaemon(ctx context.Context, logOut io.Writer, cfg Config) (_ *daemon, 
 // openSpool opens and verifies the spool, and the control socket and the
 // metrics that read it.
 func (d *daemon) openSpool(context.Context) error {
-	if err := os.MkdirAll(d.cfg.DataDir, 0o700); err != nil {
+	if err := durable.MkdirAll(d.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
 	opts := d.cfg.Spool

@@ -29,18 +29,6 @@ import (
 
 const rcpt = "alice@" + domain
 
-// knownBug reports a durability bug of Postie's that a powercut test found:
-// a failure with POSTIE_POWERCUT_KNOWN_BUGS=fail, a log line otherwise, so
-// that CI stays green until it is fixed (see the report of issue #16).
-func knownBug(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("POSTIE_POWERCUT_KNOWN_BUGS") == "fail" {
-		t.Errorf("durability bug: "+format, args...)
-		return
-	}
-	t.Logf("KNOWN DURABILITY BUG (POSTIE_POWERCUT_KNOWN_BUGS=fail makes it fail): "+format, args...)
-}
-
 // cutServer is a postie whose data directory is on a crashfs.
 type cutServer struct {
 	dir, backing, mnt, config string
@@ -576,7 +564,7 @@ func TestPowerCutFirstStart(t *testing.T) {
 	s.start(t) // the promise the issue asks for: Postie starts again
 	// The stronger one: the account and the acknowledged message are there.
 	if _, err := os.Stat(filepath.Join(s.backing, "data", "spool.db")); err != nil {
-		knownBug(t, "the first start's spool did not survive the cut (%v): spool.Open creates the data directory and spool.db but fsyncs neither the data directory nor its parent, so the account and every message acknowledged since the first start can vanish", err)
+		t.Errorf("the first start's spool did not survive the cut (%v): the data directory and spool.db must be durable by name (their directories fsynced)", err)
 		return
 	}
 	p, err := dialPlainPOP3(s.pop3)
@@ -585,12 +573,12 @@ func TestPowerCutFirstStart(t *testing.T) {
 	}
 	defer p.w.Close()
 	if err := p.login(); err != nil {
-		knownBug(t, "the account added after the first start is gone after the cut: %v", err)
+		t.Errorf("the account added after the first start is gone after the cut: %v", err)
 		return
 	}
 	p.w.Close()
 	if _, lost := l.check(t, s.pop3); lost > 0 {
-		knownBug(t, "a message acknowledged after the first start is gone after the cut")
+		t.Errorf("a message acknowledged after the first start is gone after the cut")
 	}
 }
 
@@ -610,7 +598,7 @@ func TestPowerCutSelfSigned(t *testing.T) {
 	fp2 := tlsFingerprint(t, s.pop3s) // serves TLS
 	_, dirErr := os.Stat(filepath.Join(s.backing, "data", "self-signed"))
 	if fp1 != fp2 && dirErr != nil {
-		knownBug(t, "the self-signed certificate was made again after the cut (clients told to trust it no longer do): newSelfSignedSource's MkdirAll of DATA_DIR/self-signed is not followed by an fsync of DATA_DIR, so the directory and the certificate in it vanish")
+		t.Errorf("the self-signed certificate was made again after the cut (clients told to trust it no longer do): DATA_DIR/self-signed must be durable by name")
 	} else if fp1 != fp2 {
 		t.Errorf("the self-signed certificate was made again after the cut, its directory being there")
 	}
@@ -654,7 +642,7 @@ func TestPowerCutBackup(t *testing.T) {
 	s.powerCut(t)
 	backup := filepath.Join(s.backing, "backups", "spool.db")
 	if _, err := os.Stat(backup); err != nil {
-		knownBug(t, "postie backup said %q, and after the cut the backup is gone (%v): cmdBackup (cmd_admin.go) renames the fsynced temporary file into place but does not fsync the directory, so the rename is not durable", strings.TrimSpace(out), err)
+		t.Errorf("postie backup said %q, and after the cut the backup is gone (%v): the rename into place must be made durable (its directory fsynced) before the backup is reported written", strings.TrimSpace(out), err)
 		return
 	}
 	db, err := bbolt.Open(backup, 0o600, &bbolt.Options{ReadOnly: true})

@@ -17,6 +17,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/postie/postie/internal/confkit"
+	"github.com/postie/postie/internal/durable"
 	"github.com/postie/postie/internal/units"
 )
 
@@ -251,9 +252,11 @@ func Open(opts Options) (*Store, error) {
 	if opts.Path == "" {
 		return nil, errors.New("spool: no path given")
 	}
-	if err := os.MkdirAll(filepath.Dir(opts.Path), 0o700); err != nil {
+	if err := durable.MkdirAll(filepath.Dir(opts.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("spool: create data directory: %w", err)
 	}
+	_, statErr := os.Stat(opts.Path)
+	creating := errors.Is(statErr, os.ErrNotExist)
 	bo := &bbolt.Options{
 		Timeout:      opts.OpenTimeout,
 		FreelistType: bbolt.FreelistMapType,
@@ -276,6 +279,15 @@ func Open(opts Options) (*Store, error) {
 			return nil, fmt.Errorf("%w: %s", ErrLocked, opts.Path)
 		}
 		return nil, fmt.Errorf("spool: open %s: %w", opts.Path, err)
+	}
+	if creating {
+		// A new spool file's name is durable only once its directory
+		// is synced: without it, a power cut after the first accepted
+		// message could leave no spool at all.
+		if err := durable.Created(opts.Path); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("spool: %w", err)
+		}
 	}
 	if db.NoSync || db.NoGrowSync {
 		db.Close()

@@ -17,10 +17,11 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"sync/atomic"
 	"time"
+
+	"github.com/postie/postie/internal/durable"
 )
 
 const (
@@ -58,7 +59,7 @@ func newSelfSignedSource(cfg Config, log *slog.Logger) (*selfSignedSource, error
 	if s.names[0] == "localhost" {
 		s.ips = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := durable.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("tls: self-signed certificate: %w", err)
 	}
 	if err := s.ensure(time.Now()); err != nil {
