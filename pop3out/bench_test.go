@@ -210,7 +210,7 @@ func BenchmarkGuessRate(b *testing.B) {
 				stop := make(chan struct{})
 				var wg sync.WaitGroup
 				for i := range conns {
-					wg.Go(func() { guessLoop(b, e, fmt.Sprintf("127.0.3.%d", 1+i%10), stop, &guesses) })
+					wg.Go(func() { guesser(b, e, fmt.Sprintf("127.0.3.%d", 1+i%10), stop, &guesses) })
 				}
 				time.Sleep(window)
 				n := guesses.Load()
@@ -228,36 +228,4 @@ func canceled() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	return ctx
-}
-
-// guessLoop sends wrong passwords for alice over one connection from src
-// until stop, counting the answers.
-func guessLoop(b *testing.B, e *env, src string, stop <-chan struct{}, guesses *atomic.Int64) {
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
-	c, err := d.Dial("tcp", e.addr)
-	if err != nil {
-		b.Error(err)
-		return
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
-	if l, _ := r.ReadString('\n'); !strings.HasPrefix(l, "+OK") {
-		return
-	}
-	for i := 0; ; i++ {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		fmt.Fprintf(c, "USER %s\r\nPASS guess%d\r\n", alice, i)
-		r.ReadString('\n')
-		l, err := r.ReadString('\n')
-		if err != nil {
-			return
-		}
-		if strings.HasPrefix(l, "-ERR [AUTH]") {
-			guesses.Add(1)
-		}
-	}
 }

@@ -16,7 +16,7 @@ import (
 
 // guesser logs in with wrong passwords for alice over one connection from
 // src until stop, counting the answers.
-func guesser(t *testing.T, e *env, src string, stop <-chan struct{}, guesses *atomic.Int64) {
+func guesser(t testing.TB, e *env, src string, stop <-chan struct{}, guesses *atomic.Int64) {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
 	c, err := d.Dial("tcp", e.addr)
 	if err != nil {
