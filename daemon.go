@@ -239,7 +239,7 @@ func (d *daemon) serve(ctx context.Context) {
 		d.store.Housekeeping(ctx, spool.HousekeepingOptions{
 			FetchOverdue: d.cfg.Watchdog.FetchOverdue.D(),
 			QuotaWarning: d.cfg.Watchdog.QuotaWarning,
-			Greylist:     smtpin.GreylistOptions(d.cfg.SMTP),
+			Greylist:     d.smtp.GreylistOptions,
 			Logger:       d.log.With("part", "watchdog"),
 		})
 	})

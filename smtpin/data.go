@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -251,11 +250,11 @@ func (s *session) settle(d *spool.Delivery, t *transaction, h msgHeader, res *re
 	prefix := s.trace(t, res)
 	var clean []byte
 	if filters != nil {
-		clean = toCRLF(s.cleanHeader(h.raw, h.fields))
+		clean = s.cleanHeader(h.raw, h.fields)
 	}
 	if e, why := s.decide(res, tooManyAuthors); e != nil {
 		res.reply, res.err = e, errors.New(why)
-		s.holdRefused(d, t, res, append(prefix, clean...), h.raw, h.fields, why)
+		s.holdRefused(d, t, res, append(prefix, toCRLF(clean)...), h.raw, h.fields, why)
 		return
 	}
 	if e, why := s.greylist(t, res); e != nil {
@@ -266,7 +265,7 @@ func (s *session) settle(d *spool.Delivery, t *transaction, h msgHeader, res *re
 		filters.end()
 		if filters.reply != nil {
 			res.reply, res.err = filters.reply, errors.New(filters.why)
-			s.holdRefused(d, t, res, append(prefix, clean...), h.raw, h.fields, filters.why)
+			s.holdRefused(d, t, res, append(prefix, toCRLF(clean)...), h.raw, h.fields, filters.why)
 			return
 		}
 		changed, err := applyHeaderMods(clean, parseFields(clean), filters.mods)
@@ -282,7 +281,10 @@ func (s *session) settle(d *spool.Delivery, t *transaction, h msgHeader, res *re
 			prefix = append(prefix, "X-Postie-Quarantine: asked by a content filter ("+headerText(filters.quarantine)+"); the quarantine is off\r\n"...)
 			filters.quarantine = ""
 		}
-		prefix = append(prefix, changed...)
+		// Line ends are made CRLF after the changes, on the same bytes the
+		// store's own normalisation would see without filters: a header
+		// is stored the same whether or not a filter looked at it.
+		prefix = append(prefix, toCRLF(changed)...)
 		if filters.quarantine != "" {
 			note := spool.QuarantineNote{Reason: filters.quarantine, From: headerValue(h.raw, h.fields, "From"), Subject: headerValue(h.raw, h.fields, "Subject")}
 			id, err := d.CommitQuarantine(prefix, t.accounts, note)
@@ -496,11 +498,8 @@ func toCRLF(b []byte) []byte {
 	return out
 }
 
-// headerText makes s safe inside a header field: one line, printable
-// ASCII.
-func headerText(s string) string {
-	return asciiText(strings.NewReplacer("\r", " ", "\n", " ").Replace(s))
-}
+// headerText makes s safe inside a header field (spool.HeaderText).
+func headerText(s string) string { return spool.HeaderText(s) }
 
 // errGreylisted defers a first attempt (RFC 6647 §2.1: 451 4.7.1).
 var errGreylisted = reply(451, 4, 7, 1, "Greylisted, please try again in a few minutes")
@@ -541,14 +540,15 @@ func greylistOptions(g GreylistConfig) spool.GreylistOptions {
 	return spool.GreylistOptions{Delay: g.Delay.D(), Expire: g.Expire.D(), PassTTL: g.PassTTL.D(), MaxEntries: g.MaxEntries}
 }
 
-// GreylistOptions returns the spool's greylisting rules for cfg, or nil
-// when greylisting is off; main hands them to the spool's housekeeping,
-// which prunes the table.
-func GreylistOptions(cfg Config) *spool.GreylistOptions {
-	if !cfg.Greylist.Enabled {
+// GreylistOptions returns the spool's greylisting rules in force, or nil
+// while greylisting is off; main hands it to the spool's housekeeping,
+// which prunes the table by them each round.
+func (s *Server) GreylistOptions() *spool.GreylistOptions {
+	g := s.current().cfg.Greylist
+	if !g.Enabled {
 		return nil
 	}
-	o := greylistOptions(cfg.Greylist)
+	o := greylistOptions(g)
 	return &o
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-milter"
 	"github.com/emersion/go-smtp"
@@ -88,8 +89,16 @@ type filterRun struct {
 
 // filterConn is one filter's session.
 type filterConn struct {
-	cfg MilterConfig
-	cs  *milter.ClientSession
+	cfg  MilterConfig
+	cs   *milter.ClientSession
+	conn net.Conn // the connection, closed here whatever go-milter does
+}
+
+// close ends the session and closes its connection: go-milter leaves it
+// open when its goodbye cannot be written (the filter went away).
+func (fc *filterConn) close() {
+	fc.cs.Close()
+	fc.conn.Close()
 }
 
 // startFilters opens a session with every configured filter and gives it
@@ -125,18 +134,21 @@ func (r *filterRun) open(ctx context.Context, m MilterConfig, t *transaction, hd
 	if err != nil {
 		return nil, err
 	}
-	dialer := &net.Dialer{Timeout: m.ConnectTimeout.D()}
+	dialer := &limitedDialer{ctx: ctx, d: net.Dialer{Timeout: m.ConnectTimeout.D()}, end: time.Now().Add(r.s.g.cfg.DataTimeout.D())}
 	client := milter.NewClientWithOptions(network, addr, milter.ClientOptions{
-		Dialer:       contextDialer{ctx, dialer},
+		Dialer:       dialer,
 		ReadTimeout:  m.Timeout.D(),
 		WriteTimeout: m.Timeout.D(),
 		ActionMask:   milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine,
 	})
 	cs, err := client.Session()
 	if err != nil {
+		if dialer.conn != nil {
+			dialer.conn.Close() // go-milter keeps it open on a failed negotiation
+		}
 		return nil, err
 	}
-	fc := &filterConn{cfg: m, cs: cs}
+	fc := &filterConn{cfg: m, cs: cs, conn: dialer.conn}
 	s := r.s
 	ip := netserve.RemoteIP(s.c.Conn)
 	family, port := milter.FamilyInet, uint16(0)
@@ -190,11 +202,11 @@ func (r *filterRun) open(ctx context.Context, m MilterConfig, t *transaction, hd
 	for _, step := range steps {
 		act, err := step()
 		if err != nil {
-			cs.Close()
+			fc.close()
 			return nil, err
 		}
 		if !r.take(fc, act, nil) {
-			cs.Close()
+			fc.close()
 			return nil, nil
 		}
 	}
@@ -211,14 +223,11 @@ func (r *filterRun) body(p []byte) {
 			switch {
 			case err != nil:
 				r.failed(fc.cfg, err)
-				fc.cs.Close()
-			case act.Code == milter.ActSkip:
-				// It has seen enough body; it still gets the end.
-				keep = append(keep, fc)
+				fc.close()
 			case r.take(fc, act, nil):
 				keep = append(keep, fc)
 			default:
-				fc.cs.Close()
+				fc.close()
 			}
 		}
 		r.active = keep
@@ -231,11 +240,11 @@ func (r *filterRun) body(p []byte) {
 func (r *filterRun) end() {
 	for _, fc := range r.active {
 		if r.decided() {
-			fc.cs.Close()
+			fc.close()
 			continue
 		}
 		mods, act, err := fc.cs.End()
-		fc.cs.Close()
+		fc.close()
 		if err != nil {
 			r.failed(fc.cfg, err)
 			continue
@@ -249,7 +258,7 @@ func (r *filterRun) end() {
 // another reason, or the transfer failed).
 func (r *filterRun) abort() {
 	for _, fc := range r.active {
-		fc.cs.Close()
+		fc.close()
 	}
 	r.active = nil
 }
@@ -258,6 +267,20 @@ func (r *filterRun) abort() {
 // to be consulted (it said continue).
 func (r *filterRun) take(fc *filterConn, act *milter.Action, mods []milter.ModifyAction) bool {
 	name := fc.cfg.name()
+	// A refusal wins over a quarantine asked for in the same breath, as
+	// in Postfix: the sender must learn, and the owner's copy is held
+	// with the refusal anyway.
+	switch act.Code {
+	case milter.ActReject:
+		r.refuse(errFilterReject, name, "reject")
+		return false
+	case milter.ActTempFail:
+		r.refuse(errFilterTempFail, name, "tempfail")
+		return false
+	case milter.ActReplyCode:
+		r.refuse(filterReply(act.SMTPCode, act.SMTPText), name, fmt.Sprintf("reply %d %s", act.SMTPCode, act.SMTPText))
+		return false
+	}
 	for _, m := range mods {
 		switch m.Code {
 		case milter.ActQuarantine:
@@ -269,17 +292,9 @@ func (r *filterRun) take(fc *filterConn, act *milter.Action, mods []milter.Modif
 	switch act.Code {
 	case milter.ActContinue:
 		return true
-	case milter.ActAccept:
-		return false
-	case milter.ActReject:
-		r.refuse(errFilterReject, name, "reject")
-	case milter.ActTempFail:
-		r.refuse(errFilterTempFail, name, "tempfail")
 	case milter.ActDiscard:
 		// Never a silent loss: the owner finds it in the quarantine.
 		r.quarantineFor(name, "discarded by the filter")
-	case milter.ActReplyCode:
-		r.refuse(filterReply(act.SMTPCode, act.SMTPText), name, fmt.Sprintf("reply %d %s", act.SMTPCode, act.SMTPText))
 	}
 	return false
 }
@@ -430,7 +445,7 @@ func applyHeaderMods(hdr []byte, fields []field, mods []milter.ModifyAction) ([]
 // CRLF line endings; it refuses a name that is not a field name and a value
 // with a line that does not continue the field.
 func formatField(name, value string) ([]byte, error) {
-	if name == "" || len(name) > 128 || !isFieldStart([]byte(name+":")) {
+	if name == "" || len(name) > 128 || strings.IndexFunc(name, func(r rune) bool { return r < 33 || r > 126 || r == ':' }) >= 0 {
 		return nil, fmt.Errorf("header name %q from a filter is not a field name", name)
 	}
 	if len(value) > 8<<10 {
@@ -455,16 +470,43 @@ func formatField(name, value string) ([]byte, error) {
 	return []byte(name + ":" + sep + strings.Join(lines, "\r\n") + "\r\n"), nil
 }
 
-// contextDialer dials under a context, so that Shutdown's cancellation
-// cuts a slow connect short.
-type contextDialer struct {
-	ctx context.Context
-	d   *net.Dialer
+// limitedDialer dials a filter under a context, so that Shutdown's
+// cancellation cuts a slow connect short, and keeps the connection, whose
+// deadlines it clamps to end: go-milter sets a fresh deadline for every
+// packet and waits through any number of progress packets, and the
+// conversation about one message must still end.
+type limitedDialer struct {
+	ctx  context.Context
+	d    net.Dialer
+	end  time.Time
+	conn net.Conn
 }
 
-func (c contextDialer) Dial(network, addr string) (net.Conn, error) {
-	return c.d.DialContext(c.ctx, network, addr)
+func (l *limitedDialer) Dial(network, addr string) (net.Conn, error) {
+	c, err := l.d.DialContext(l.ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	l.conn = &clampedConn{Conn: c, end: l.end}
+	return l.conn, nil
 }
+
+// clampedConn never lets a deadline fall after end.
+type clampedConn struct {
+	net.Conn
+	end time.Time
+}
+
+func (c *clampedConn) clamp(t time.Time) time.Time {
+	if t.IsZero() || t.After(c.end) {
+		return c.end
+	}
+	return t
+}
+
+func (c *clampedConn) SetDeadline(t time.Time) error      { return c.Conn.SetDeadline(c.clamp(t)) }
+func (c *clampedConn) SetReadDeadline(t time.Time) error  { return c.Conn.SetReadDeadline(c.clamp(t)) }
+func (c *clampedConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(c.clamp(t)) }
 
 // tlsVersionName is the {tls_version} macro's value, as Postfix gives it.
 func tlsVersionName(v uint16) string {

@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-milter"
 
 	"github.com/postie/postie/internal/units"
+	"github.com/postie/postie/spool"
 )
 
 // scriptedMilter is a filter run by go-milter's own server over a real
@@ -256,6 +257,8 @@ func TestApplyHeaderMods(t *testing.T) {
 		{"folded value", []milter.ModifyAction{{Code: milter.ActAddHeader, HeaderName: "X", HeaderValue: "a\n\tb"}}, "A: 1\r\nB: 2\r\n folded\r\nA: 3\r\nX: a\r\n\tb\r\n\r\n", false},
 		{"injected line", []milter.ModifyAction{{Code: milter.ActAddHeader, HeaderName: "X", HeaderValue: "a\nBcc: evil"}}, "", true},
 		{"bad name", []milter.ModifyAction{{Code: milter.ActAddHeader, HeaderName: "X Y", HeaderValue: "v"}}, "", true},
+		{"name with a colon", []milter.ModifyAction{{Code: milter.ActAddHeader, HeaderName: "Subject:x", HeaderValue: "v"}}, "", true},
+		{"name with trailing space", []milter.ModifyAction{{Code: milter.ActAddHeader, HeaderName: "X ", HeaderValue: "v"}}, "", true},
 		{"control character", []milter.ModifyAction{{Code: milter.ActAddHeader, HeaderName: "X", HeaderValue: "a\x00b"}}, "", true},
 	} {
 		got, err := applyHeaderMods(hdr, parseFields(hdr), tc.mods)
@@ -332,4 +335,94 @@ func FuzzFilterReply(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestQuarantineFromFilters: a filter's quarantine or discard gets 250 and
+// holds the message in the quarantine, not the mailbox; a filter's reject
+// gets 550 and the owner's copy is held too; a tempfail keeps nothing.
+// With the quarantine off, a quarantined message is delivered, marked.
+func TestQuarantineFromFilters(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		end      func(string, *milter.Modifier) (milter.Response, error)
+		off      bool
+		reply    string
+		held     int
+		refused  bool
+		reason   string
+		inbox    int
+		inboxHas string
+	}{
+		{name: "quarantine", end: func(_ string, m *milter.Modifier) (milter.Response, error) {
+			m.Quarantine("looks like phishing")
+			return milter.RespAccept, nil
+		}, reply: "250 2.0.0 Message stored", held: 1, reason: "looks like phishing"},
+		{name: "discard", end: func(string, *milter.Modifier) (milter.Response, error) { return milter.RespDiscard, nil },
+			reply: "250 2.0.0 Message stored", held: 1, reason: "discarded by the filter"},
+		{name: "reject", end: func(string, *milter.Modifier) (milter.Response, error) { return milter.RespReject, nil },
+			reply: "550 5.7.1", held: 1, refused: true, reason: "reject"},
+		{name: "tempfail", end: func(string, *milter.Modifier) (milter.Response, error) { return milter.RespTempFail, nil },
+			reply: "451 4.7.1", held: 0},
+		{name: "quarantine, then reject", end: func(_ string, m *milter.Modifier) (milter.Response, error) {
+			m.Quarantine("suspicious")
+			return milter.RespReject, nil
+		}, reply: "550 5.7.1", held: 1, refused: true, reason: "reject"},
+		{name: "quarantine off", off: true, end: func(_ string, m *milter.Modifier) (milter.Response, error) {
+			m.Quarantine("looks like phishing")
+			return milter.RespContinue, nil
+		}, reply: "250 2.0.0 Message stored", inbox: 1, inboxHas: "X-Postie-Quarantine: asked by a content filter"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &filterScript{atEnd: tc.end}
+			e := newEnvSpool(t, func(o *spool.Options) {
+				if tc.off {
+					o.QuarantineRetention = units.DurationOf(0)
+				}
+			}, withMilters(MilterConfig{Name: "test", Address: startFilter(t, f)}))
+			c := e.dial()
+			c.hello()
+			if got := c.deliver("a@sender.example", crlf(filterTestMessage), alice); !strings.HasPrefix(got, tc.reply) {
+				t.Fatalf("DATA: %q, want %q", got, tc.reply)
+			}
+			held, err := e.store.QuarantineList(alice)
+			if err != nil || len(held) != tc.held {
+				t.Fatalf("quarantine: %+v, %v; want %d", held, err, tc.held)
+			}
+			if tc.held > 0 {
+				q := held[0]
+				if !strings.Contains(q.Reason, tc.reason) || q.Refused != tc.refused || q.Subject != "hello" || q.From != "a@sender.example" {
+					t.Errorf("held %+v, want reason %q, refused %v", q, tc.reason, tc.refused)
+				}
+			}
+			msgs := e.messages(alice)
+			if len(msgs) != tc.inbox {
+				t.Fatalf("%d messages in the mailbox, want %d", len(msgs), tc.inbox)
+			}
+			if tc.inboxHas != "" && !strings.Contains(msgs[0], tc.inboxHas) {
+				t.Errorf("the delivered message lacks %q:\n%s", tc.inboxHas, msgs[0])
+			}
+		})
+	}
+}
+
+// TestFilteredHeaderStoredAsUnfiltered: a header with a stray CR (which
+// the store turns into a line end, ending the header early) is stored the
+// same whether or not a filter looked at it.
+func TestFilteredHeaderStoredAsUnfiltered(t *testing.T) {
+	msg := "From: a@sender.example\r\nX-Odd: 1\r\r\nSubject: hi\r\n\r\nbody\r\n"
+	stored := func(opts ...envOption) string {
+		e := newEnv(t, opts...)
+		c := e.dial()
+		c.hello()
+		if got := c.deliver("a@sender.example", msg, alice); !strings.HasPrefix(got, "250 ") {
+			t.Fatalf("DATA: %q", got)
+		}
+		m := e.messages(alice)[0]
+		return m[strings.Index(m, "From: a@sender.example"):]
+	}
+	f := &filterScript{atEnd: func(string, *milter.Modifier) (milter.Response, error) { return milter.RespAccept, nil }}
+	plain, filtered := stored(), stored(withMilters(MilterConfig{Address: startFilter(t, f)}))
+	if plain != filtered {
+		t.Errorf("stored without a filter:\n%q\nwith one:\n%q", plain, filtered)
+	}
 }

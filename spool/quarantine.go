@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.etcd.io/bbolt"
 )
@@ -63,16 +64,9 @@ func (d *Delivery) CommitQuarantine(prefix []byte, accounts []string, note Quara
 		d.Abort()
 		return 0, ErrQuarantineOff
 	}
-	note.From, note.Subject = clip(note.From, 200), clip(note.Subject, 200)
-	note.Reason = clip(note.Reason, 500)
+	note.From, note.Subject = displayText(note.From, 200), displayText(note.Subject, 200)
+	note.Reason = displayText(note.Reason, 500)
 	return d.commit(prefix, accounts, &note)
-}
-
-func clip(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }
 
 // ParseMessageID reads a message id as String writes it (16 hex digits;
@@ -141,27 +135,41 @@ func forEachQuarantined(tx *bbolt.Tx, fn func(id uint64, q *quarantineRecord, re
 func (s *Store) QuarantineMessage(id MessageID) (io.ReadCloser, Quarantined, error) {
 	var info Quarantined
 	err := s.view(func(tx *bbolt.Tx) error {
-		found := false
-		err := forEachQuarantined(tx, func(qid uint64, q *quarantineRecord, rec *messageRecord) error {
-			if qid == uint64(id) {
-				found = true
-				info = Quarantined{ID: id, Arrived: q.Arrived, Size: q.Size, MailFrom: rec.Envelope.MailFrom, Accounts: q.Accounts, QuarantineNote: q.QuarantineNote}
-			}
-			return nil
-		})
-		if err == nil && !found {
-			err = fmt.Errorf("%w: %s is not in the quarantine", ErrNoSuchMessage, id)
+		q, rec, err := getQuarantined(tx, id)
+		if err != nil {
+			return err
 		}
-		return err
+		info = Quarantined{ID: id, Arrived: q.Arrived, Size: q.Size, MailFrom: rec.Envelope.MailFrom, Accounts: q.Accounts, QuarantineNote: q.QuarantineNote}
+		return nil
 	})
 	if err != nil {
 		return nil, info, err
 	}
+	// A release or deletion in between makes openMessage fail; the owner
+	// tries again.
 	r, err := s.openMessage(uint64(id), info.Size)
 	if err != nil {
 		return nil, info, err
 	}
 	return r, info, nil
+}
+
+// getQuarantined reads a quarantined message's records.
+func getQuarantined(tx *bbolt.Tx, id MessageID) (*quarantineRecord, *messageRecord, error) {
+	qb := tx.Bucket(bucketQuarantine)
+	v := qb.Get(u64(uint64(id)))
+	if v == nil {
+		return nil, nil, fmt.Errorf("%w: %s is not in the quarantine", ErrNoSuchMessage, id)
+	}
+	var q quarantineRecord
+	if err := decode("quarantine", v, &q); err != nil {
+		return nil, nil, err
+	}
+	var rec messageRecord
+	if err := decode("message", tx.Bucket(bucketMessages).Get(u64(uint64(id))), &rec); err != nil {
+		return nil, nil, err
+	}
+	return &q, &rec, nil
 }
 
 // QuarantineRelease delivers a quarantined message to the mailboxes of
@@ -175,16 +183,8 @@ func (s *Store) QuarantineRelease(ctx context.Context, id MessageID) ([]string, 
 	err := s.update(ctx, 0, func(tx *bbolt.Tx) error {
 		reached = nil
 		qb := tx.Bucket(bucketQuarantine)
-		v := qb.Get(u64(uint64(id)))
-		if v == nil {
-			return fmt.Errorf("%w: %s is not in the quarantine", ErrNoSuchMessage, id)
-		}
-		var q quarantineRecord
-		if err := decode("quarantine", v, &q); err != nil {
-			return err
-		}
-		var rec messageRecord
-		if err := decode("message", tx.Bucket(bucketMessages).Get(u64(uint64(id))), &rec); err != nil {
+		q, rec, err := getQuarantined(tx, id)
+		if err != nil {
 			return err
 		}
 		var boxes []*bbolt.Bucket
@@ -198,7 +198,7 @@ func (s *Store) QuarantineRelease(ctx context.Context, id MessageID) ([]string, 
 			return fmt.Errorf("%w: none of its accounts (%s) exists any more", ErrNoSuchAccount, strings.Join(q.Accounts, ", "))
 		}
 		note := []byte(fmt.Sprintf("X-Postie-Released: %s; held in quarantine since %s: %s\r\n",
-			now.UTC().Format(time.RFC1123Z), q.Arrived.UTC().Format(time.RFC1123Z), headerText(q.Reason)))
+			now.UTC().Format(time.RFC1123Z), q.Arrived.UTC().Format(time.RFC1123Z), HeaderText(q.Reason)))
 		chunks := tx.Bucket(bucketChunks)
 		prefix := note
 		if rec.Prefix {
@@ -209,7 +209,7 @@ func (s *Store) QuarantineRelease(ctx context.Context, id MessageID) ([]string, 
 		}
 		added := int64(len(note))
 		rec.Prefix, rec.Size, rec.Refs = true, rec.Size+added, len(boxes)
-		if err := tx.Bucket(bucketMessages).Put(u64(uint64(id)), encode(&rec)); err != nil {
+		if err := tx.Bucket(bucketMessages).Put(u64(uint64(id)), encode(rec)); err != nil {
 			return err
 		}
 		for _, mb := range boxes {
@@ -233,14 +233,39 @@ func (s *Store) QuarantineRelease(ctx context.Context, id MessageID) ([]string, 
 	return reached, err
 }
 
-// headerText makes s safe inside a header field: one line, printable.
-func headerText(s string) string {
+// HeaderText makes s safe inside a header field Postie writes: one line of
+// printable ASCII, anything else as "?".
+func HeaderText(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
+		switch {
+		case r == '\r' || r == '\n' || r == '\t':
 			return ' '
+		case r < 0x20 || r > 0x7e:
+			return '?'
 		}
 		return r
 	}, s)
+}
+
+// displayText makes text from a message or a filter (From, Subject, a
+// reason) safe to print on the owner's terminal: control characters (C0,
+// DEL, C1: escape sequences could rewrite the screen) become spaces,
+// invalid UTF-8 is replaced, and it is cut to n bytes at a character's
+// boundary.
+func displayText(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0 {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // QuarantineDelete removes a message from the quarantine for good.

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/postie/postie/internal/units"
 )
@@ -133,4 +134,19 @@ func TestQuarantineOff(t *testing.T) {
 		t.Fatalf("CommitQuarantine with the quarantine off: %v", err)
 	}
 	checkVerify(t, s)
+}
+
+// TestQuarantineTextIsSafe: From, Subject and the reason come from the
+// sender and filters; they are stored without control characters, so that
+// postie quarantine list cannot be made to rewrite the owner's screen.
+func TestQuarantineTextIsSafe(t *testing.T) {
+	s := openTest(t, func(o *Options) { o.QuarantineRetention = DefaultOptions().QuarantineRetention })
+	mustAddAccount(t, s, "alice@example.com")
+	quarantine(t, s, "x\r\n", QuarantineNote{Reason: "bad\x1b[2J", Subject: "hi\x1b]0;owned\x07\u009b" + strings.Repeat("é", 150), From: "\xff\xfe"}, "alice@example.com")
+	q, _ := s.QuarantineList("")
+	for _, v := range []string{q[0].Reason, q[0].Subject, q[0].From} {
+		if strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0 }) || !utf8.ValidString(v) || len(v) > 200 && v != q[0].Reason {
+			t.Errorf("unsafe text kept: %q", v)
+		}
+	}
 }

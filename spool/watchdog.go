@@ -89,9 +89,10 @@ type HousekeepingOptions struct {
 	QuotaWarning float64
 	// Logger receives the watchdog's lines. Default: the store's.
 	Logger *slog.Logger
-	// Greylist, if not nil, are the greylisting rules whose table each
-	// round prunes.
-	Greylist *GreylistOptions
+	// Greylist, if not nil, returns the greylisting rules in force (nil
+	// while greylisting is off); each round prunes the table by them, so
+	// a reload that turns it on or changes them takes effect.
+	Greylist func() *GreylistOptions
 }
 
 // Housekeeping runs until ctx ends: the watchdog and the quarantine's
@@ -129,8 +130,10 @@ func (s *Store) Housekeeping(ctx context.Context, o HousekeepingOptions) {
 				s.log.Error("sweep failed", "err", err)
 			}
 			if o.Greylist != nil {
-				if _, err := s.GreylistPrune(ctx, s.opts.Now(), *o.Greylist); err != nil && ctx.Err() == nil {
-					s.log.Error("greylist pruning failed", "err", err)
+				if g := o.Greylist(); g != nil {
+					if _, err := s.GreylistPrune(ctx, s.opts.Now(), *g); err != nil && ctx.Err() == nil {
+						s.log.Error("greylist pruning failed", "err", err)
+					}
 				}
 			}
 		}
