@@ -7,28 +7,9 @@ import (
 	"net/textproto"
 	"strings"
 	"testing"
-)
 
-// normalize turns text into what the spool stores: every bare LF and bare
-// CR becomes CRLF, and a text that does not end in CRLF gets one.
-func normalize(b []byte) []byte {
-	var out []byte
-	for i := 0; i < len(b); i++ {
-		switch c := b[i]; {
-		case c == '\r' && i+1 < len(b) && b[i+1] == '\n':
-			out = append(out, '\r', '\n')
-			i++
-		case c == '\r' || c == '\n':
-			out = append(out, '\r', '\n')
-		default:
-			out = append(out, c)
-		}
-	}
-	if len(out) > 0 && !bytes.HasSuffix(out, []byte("\r\n")) {
-		out = append(out, '\r', '\n')
-	}
-	return out
-}
+	"github.com/postie/postie/spool"
+)
 
 // stuff runs text through a dotWriter, in two writes split at split.
 func stuff(t testing.TB, text []byte, split int) []byte {
@@ -133,7 +114,7 @@ func FuzzDotWriter(f *testing.F) {
 
 		// What the spool stores comes back byte for byte, and is encoded
 		// as textproto.DotWriter encodes it.
-		norm := normalize(in)
+		norm := spool.NormalizeLineEnds(in)
 		out = stuff(t, norm, split)
 		text, rest := unstuff(t, out)
 		if !bytes.Equal(text, norm) || len(rest) != 0 {

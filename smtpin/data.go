@@ -254,7 +254,7 @@ func (s *session) settle(d *spool.Delivery, t *transaction, h msgHeader, res *re
 	}
 	if e, why := s.decide(res, tooManyAuthors); e != nil {
 		res.reply, res.err = e, errors.New(why)
-		s.holdRefused(d, t, res, append(prefix, toCRLF(clean)...), h.raw, h.fields, why)
+		s.holdRefused(d, t, res, append(prefix, clean...), h.raw, h.fields, why)
 		return
 	}
 	if e, why := s.greylist(t, res); e != nil {
@@ -265,7 +265,7 @@ func (s *session) settle(d *spool.Delivery, t *transaction, h msgHeader, res *re
 		filters.end()
 		if filters.reply != nil {
 			res.reply, res.err = filters.reply, errors.New(filters.why)
-			s.holdRefused(d, t, res, append(prefix, toCRLF(clean)...), h.raw, h.fields, filters.why)
+			s.holdRefused(d, t, res, append(prefix, clean...), h.raw, h.fields, filters.why)
 			return
 		}
 		changed, err := applyHeaderMods(clean, parseFields(clean), filters.mods)
@@ -281,10 +281,10 @@ func (s *session) settle(d *spool.Delivery, t *transaction, h msgHeader, res *re
 			prefix = append(prefix, "X-Postie-Quarantine: asked by a content filter ("+headerText(filters.quarantine)+"); the quarantine is off\r\n"...)
 			filters.quarantine = ""
 		}
-		// Line ends are made CRLF after the changes, on the same bytes the
-		// store's own normalisation would see without filters: a header
-		// is stored the same whether or not a filter looked at it.
-		prefix = append(prefix, toCRLF(changed)...)
+		// The store makes the line ends CRLF after the changes, on the
+		// same bytes it would see without filters: a header is stored the
+		// same whether or not a filter looked at it.
+		prefix = append(prefix, changed...)
 		if filters.quarantine != "" {
 			note := spool.QuarantineNote{Reason: filters.quarantine, From: headerValue(h.raw, h.fields, "From"), Subject: headerValue(h.raw, h.fields, "Subject")}
 			id, err := d.CommitQuarantine(prefix, t.accounts, note)
@@ -473,29 +473,6 @@ func dkimUnfit(hdr, rest []byte, fields []field) error {
 		}
 	}
 	return nil
-}
-
-// toCRLF returns b with every line ending CRLF, as the spool stores
-// messages (a bare LF or CR becomes CRLF).
-func toCRLF(b []byte) []byte {
-	if !bytes.ContainsAny(b, "\r\n") {
-		return b
-	}
-	out := make([]byte, 0, len(b)+len(b)/40)
-	for i := 0; i < len(b); i++ {
-		switch c := b[i]; c {
-		case '\r':
-			out = append(out, '\r', '\n')
-			if i+1 < len(b) && b[i+1] == '\n' {
-				i++
-			}
-		case '\n':
-			out = append(out, '\r', '\n')
-		default:
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // headerText makes s safe inside a header field (spool.HeaderText).

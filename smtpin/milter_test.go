@@ -276,7 +276,7 @@ func FuzzApplyHeaderMods(f *testing.F) {
 	f.Add("A: 1\r\n\r\n", byte(milter.ActChangeHeader), uint32(1), "A", "")
 	f.Add("A: 1\r\n\r\n", byte(milter.ActInsertHeader), uint32(7), "Y", "a\n b")
 	f.Fuzz(func(t *testing.T, hdr string, code byte, idx uint32, name, value string) {
-		h := toCRLF([]byte(hdr))
+		h := spool.NormalizeLineEnds([]byte(hdr))
 		if headerProblem(h) != "" {
 			return // only well-formed header sections go in
 		}

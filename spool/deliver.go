@@ -474,7 +474,7 @@ func (s *Store) writeChunks(tx *bbolt.Tx, id uint64, first uint32, chunks []*[]b
 }
 
 // Commit stores the message with prefix (header lines to put before the
-// body, each ending in CRLF, or nil) in the mailboxes of the given
+// body, or nil; their line ends normalised as the body's) in the mailboxes of the given
 // accounts, atomically: either every account has it or none does. It
 // returns only once the message is durable on disk.
 //
@@ -498,9 +498,7 @@ func (d *Delivery) commit(prefix []byte, accounts []string, note *QuarantineNote
 	if d.size > 0 && d.last2 != [2]byte{'\r', '\n'} {
 		d.put(crlf)
 	}
-	if len(prefix) > 0 && !bytes.HasSuffix(prefix, []byte("\r\n")) {
-		prefix = append(append([]byte(nil), prefix...), '\r', '\n')
-	}
+	prefix = NormalizeLineEnds(prefix)
 	if d.err == nil && d.size+int64(len(prefix)) > int64(d.s.opts.MaxMessageSize) {
 		d.fail(ErrTooLarge)
 	}
@@ -785,4 +783,30 @@ func (s *Store) quotaUsed(mb *bbolt.Bucket) (int64, error) {
 		return nil
 	})
 	return used, err
+}
+
+// NormalizeLineEnds returns b as the store keeps text: every bare LF or CR
+// made CRLF, and a CRLF added at the end when b does not end in one. A
+// delivery's body gets the same as it streams through Write; Commit applies
+// it to the prefix. It returns b itself when nothing changes.
+func NormalizeLineEnds(b []byte) []byte {
+	if len(b) == 0 || isCRLF(b) && bytes.HasSuffix(b, crlf) {
+		return b
+	}
+	out := make([]byte, 0, len(b)+len(b)/32+2)
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '\r' && i+1 < len(b) && b[i+1] == '\n':
+			out = append(out, '\r', '\n')
+			i++
+		case c == '\r' || c == '\n':
+			out = append(out, '\r', '\n')
+		default:
+			out = append(out, c)
+		}
+	}
+	if !bytes.HasSuffix(out, crlf) {
+		out = append(out, crlf...)
+	}
+	return out
 }

@@ -525,6 +525,10 @@ func TestNormalisationAcrossWrites(t *testing.T) {
 			// Well-formed CRLF text, the fast path's case.
 			in = bytes.ReplaceAll(bytes.ReplaceAll(in, []byte("\r"), []byte("y")), []byte("\n"), []byte("\r\n"))
 		}
+		// The one-shot form, which Commit applies to a prefix, agrees.
+		if got, want := NormalizeLineEnds(in), reference(in); !bytes.Equal(got, want) {
+			t.Fatalf("NormalizeLineEnds(%q) = %q, want %q", in, got, want)
+		}
 		d := s.Begin(context.Background(), Envelope{})
 		for p := in; len(p) > 0; {
 			n := min(len(p), 1+rng.IntN(40))
